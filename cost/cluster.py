@@ -17,7 +17,8 @@ Rules and conveniences:
 * `devices` is a string -- `"4x A100-80GB"`, `"4 x A100-80GB"`, `"A100-80GB"` (one), or
   several joined with `+` or `,` (`"2x V100-16GB + 1x T4"`) -- or a list whose entries
   are such strings, full device specs (see `cost.devices.DeviceSpec`), or
-  `{like: <catalog name>, <field>: <override>, count: <n>}` (`count` defaults to 1).
+  `{like: <catalog name>, <field>: <override>, count: <n>}` (`count` defaults to 1; the
+  variant keeps the catalog name unless it sets `name`, so name it if it differs).
 * `link` (intra-node) is a preset name (`cost.links.PRESETS`), a full spec
   `{bandwidth_GBps: ..., latency_us: ...}` or `{like: <preset>, ...}`; it defaults to
   `PCIe4` (devices in a box without NVLink talk over PCIe 4.0 x16).
@@ -318,8 +319,15 @@ class Cluster(BaseModel):
 
     def summary(self) -> str:
         """One line, e.g. 'mixed: 4x A100-80GB + 2x V100-32GB (6 devices, 2 nodes)'."""
-        counts = Counter(dev.name for _, dev in self._devices.values())
-        kinds = " + ".join(f"{n}x {name}" for name, n in counts.items())
+        # Group equal specs (a `like:` variant keeps its base name unless given one, so
+        # two groups may share a name: "1x A100-80GB + 2x A100-80GB").
+        names: dict[str, str] = {}
+        counts: Counter[str] = Counter()
+        for _, dev in self._devices.values():
+            key = dev.model_dump_json()
+            names.setdefault(key, dev.name)
+            counts[key] += 1
+        kinds = " + ".join(f"{n}x {names[key]}" for key, n in counts.items())
         nd, nn = self.num_devices, len(self.nodes)
         return f"{self.name}: {kinds} ({nd} device{'s' * (nd != 1)}, {nn} node{'s' * (nn != 1)})"
 
