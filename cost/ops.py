@@ -329,7 +329,9 @@ class Pointwise:
 
     `fwd`: forward FLOPs per element; `bwd`: backward FLOPs per element (0 for ops
     without a useful gradient: comparisons, logic, rounding); `saves`: positions of the
-    inputs backward reads ("all" for every input); `output`: backward reads the output.
+    inputs backward reads ("all" for every input, "partners" for each input whose
+    partner needs a gradient, as in Mul: dA = g*B, dB = g*A); `output`: backward reads
+    the output.
     For variadic ops (Sum, Mean, Min, Max) `fwd` and `bwd` are per extra input.
     """
 
@@ -344,7 +346,7 @@ POINTWISE: dict[str, Pointwise] = {
     # arithmetic: dA = g, dB = -g; Mul: dA = g*b, dB = g*a; Div: dA = g/b, dB = -g*y/b
     "Add": Pointwise(1, 1),
     "Sub": Pointwise(1, 1),
-    "Mul": Pointwise(1, 2, "all"),
+    "Mul": Pointwise(1, 2, "partners"),
     "Div": Pointwise(1, 3, "all"),
     "Pow": Pointwise(1, 4, "all"),  # dA = g*b*a^(b-1), dB = g*y*log(a)
     "Mod": Pointwise(1, 1),
@@ -438,7 +440,13 @@ def pointwise_cost(node: OpNode, factors: Pointwise | None = None) -> OpCost:
     fwd = factors.fwd * steps + (1 if node.op_type == "Mean" else 0)
     bwd = factors.bwd * steps + (1 if node.op_type == "Mean" else 0)
     grad = bool(_grad_inputs(node)) and factors.bwd > 0
-    saves = range(len(node.inputs)) if factors.saves == "all" else factors.saves
+    if factors.saves == "all":
+        saves = range(len(node.inputs))
+    elif factors.saves == "partners":
+        grads = _grad_inputs(node)
+        saves = [j for j in range(len(node.inputs)) if any(i != j for i in grads)]
+    else:
+        saves = factors.saves
     weight_grad = 0
     if grad and node.param_inputs:
         # a trainable element-wise parameter (PRelu slope, layer scale, bias add): its
