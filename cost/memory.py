@@ -1,0 +1,104 @@
+"""Bytes a pipeline stage holds: weights, gradients, optimizer state, activations.
+
+Per-parameter bytes for training (ZeRO paper, Rajbhandari et al., SC 2020, section 3.1;
+see shared/context.md "Memory per device for training"):
+
+=========  =====  =====  ===============  =====
+dtype      param  grad   optimizer        total
+=========  =====  =====  ===============  =====
+fp32 SGD   4      4      0                8
+fp32 mom.  4      4      4 (momentum)     12
+fp32 Adam  4      4      8 (m, v)         16
+mixed SGD  2      2      4 (fp32 master)  8
+mixed mom. 2      2      8 (master, mom.) 12
+mixed Adam 2      2      12 (master,m,v)  16
+=========  =====  =====  ===============  =====
+
+Activations: each stage keeps, per micro-batch in flight, the tensors its operators saved
+for backward. How many micro-batches are in flight is the schedule's business:
+GPipe keeps all `m`; 1F1B (PipeDream-Flush, Narayanan et al., SPAA 2021) keeps
+`min(p - i, m)` on stage `i` of `p`. With full recomputation (Chen et al., "Training Deep
+Nets with Sublinear Memory Cost", 2016) a stage keeps only its input per micro-batch in
+flight, plus one micro-batch's full activations while it recomputes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cost.roofline import dtype_bytes_scale
+
+OPTIMIZER_STATE_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}
+
+
+def bytes_per_param(dtype: str, optimizer: str, training: bool = True) -> float:
+    """Weights + gradients + optimizer state per parameter (table in the module docstring)."""
+    if optimizer not in OPTIMIZER_STATE_SLOTS:
+        raise ValueError(f"unknown optimizer {optimizer!r}")
+    weight = 4 if dtype in ("fp32", "tf32") else 2
+    if not training:
+        return float(weight)
+    mixed = weight == 2
+    master = 4 if mixed else 0
+    return float(weight + weight + master + 4 * OPTIMIZER_STATE_SLOTS[optimizer])
+
+
+def in_flight_microbatches(schedule: str, stage: int, stages: int, microbatches: int) -> int:
+    """Micro-batches whose activations a stage holds at its peak."""
+    if schedule == "gpipe":
+        return microbatches
+    if schedule in ("1f1b", "zb", "interleaved"):
+        return min(stages - stage, microbatches)
+    if schedule == "infer":
+        return 1
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+@dataclass(frozen=True)
+class StageMemory:
+    """Peak memory of one stage, by kind, in bytes."""
+
+    params_and_state: int
+    buffers: int
+    activations: int
+    in_flight: int
+
+    @property
+    def total(self) -> int:
+        return self.params_and_state + self.buffers + self.activations
+
+
+def stage_memory(
+    *,
+    param_count: int,
+    buffer_bytes: int,
+    activation_bytes: int,
+    input_bytes: int,
+    max_layer_activation_bytes: int,
+    stage: int,
+    stages: int,
+    microbatches: int,
+    schedule: str = "1f1b",
+    dtype: str = "fp32",
+    optimizer: str = "adam",
+    recompute: bool = False,
+    training: bool = True,
+) -> StageMemory:
+    """Peak bytes of a stage (activation figures per micro-batch, counted in fp32).
+
+    `activation_bytes`: what the stage's operators save for backward per micro-batch;
+    `input_bytes`: the stage's inputs per micro-batch (all recomputation keeps);
+    `max_layer_activation_bytes`: the largest single layer's saved bytes (the working set
+    while one layer is recomputed).
+    """
+    scale = dtype_bytes_scale(dtype)
+    params = int(param_count * bytes_per_param(dtype, optimizer, training))
+    buffers = int(buffer_bytes * scale)
+    if not training:
+        return StageMemory(params, buffers, int(max_layer_activation_bytes * scale), 1)
+    flight = in_flight_microbatches(schedule, stage, stages, microbatches)
+    if recompute:
+        acts = flight * input_bytes + activation_bytes
+    else:
+        acts = flight * activation_bytes
+    return StageMemory(params, buffers, int(acts * scale), flight)
