@@ -139,8 +139,46 @@ def inspect(
     print_inspect(report, show_nodes=show_nodes)
 
 
+@app.command()
+@guarded
+def cluster(
+    spec: Annotated[str, typer.Argument(help="Cluster spec, YAML or JSON.")],
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the validated spec as JSON.")
+    ] = False,
+) -> None:
+    """Validate a cluster spec and show its devices and links."""
+    from cost.cluster import load_cluster
+
+    c = load_cluster(spec)
+    if json_out:
+        print(c.model_dump_json(indent=2))
+        return
+    from planner.render import print_cluster
+
+    print_cluster(c)
+
+
 def main() -> None:
-    app()
+    """Entry point: usage errors also come out as one `error:` line with exit code 2."""
+    try:  # typer >= 0.16 vendors click; older ones depend on it
+        from click.exceptions import UsageError
+    except ImportError:
+        from typer._click.exceptions import UsageError
+
+    try:
+        code = app(standalone_mode=False)
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()
+            sys.exit(2)
+        command = exc.ctx.command_path if exc.ctx else "pipeplan"
+        print(f"error: {exc.format_message()} (see '{command} --help')", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        print("error: aborted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

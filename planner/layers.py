@@ -219,7 +219,12 @@ def _group_by_structure(mg: ModelGraph, ops: list[str]) -> dict[str, tuple[str, 
     merged: list[list[str]] = []
     for seg in segments:
         has_compute = any(mg.cost(n).kind == "compute" for n in seg)
-        if merged and not has_compute or merged and not any(mg.cost(n).kind == "compute" for n in merged[-1]):
+        if (
+            merged
+            and not has_compute
+            or merged
+            and not any(mg.cost(n).kind == "compute" for n in merged[-1])
+        ):
             merged[-1].extend(seg)
         else:
             merged.append(list(seg))

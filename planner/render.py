@@ -54,3 +54,54 @@ def print_inspect(report, *, show_nodes: bool = False, console: Console | None =
         f"{report.params:,} parameters ({nbytes(report.param_bytes)}), buffers {nbytes(report.buffer_bytes)}; "
         f"weights {'present' if report.has_weights else 'absent (graph only)'}"
     )
+
+
+def print_cluster(cluster, console: Console | None = None) -> None:
+    console = console or wide_console()
+    console.print(f"[bold]{cluster.summary()}[/]")
+    table = Table(header_style="bold")
+    for col in (
+        "device",
+        "kind",
+        "fp32 TFLOP/s",
+        "bf16 TFLOP/s",
+        "memory",
+        "bandwidth GB/s",
+        "$/h",
+    ):
+        table.add_column(col, justify="left" if col in ("device", "kind") else "right")
+    for dev_id in cluster.device_ids():
+        d = cluster.device(dev_id)
+        table.add_row(
+            dev_id,
+            d.name,
+            f"{d.peak_flops('fp32') / 1e12:.1f}",
+            f"{d.peak_flops('bf16') / 1e12:.1f}",
+            nbytes(d.memory_bytes),
+            f"{d.bandwidth_GBps:.0f}",
+            f"{d.price_per_hour:.2f}" if d.price_per_hour is not None else "-",
+        )
+    console.print(table)
+    links = Table(header_style="bold", title="links")
+    for col in ("between", "link", "GB/s per direction", "latency us"):
+        links.add_column(col)
+    for node in cluster.nodes:
+        links.add_row(
+            f"inside {node.name}",
+            node.link.name,
+            f"{node.link.bandwidth_GBps:g}",
+            f"{node.link.latency_us:g}",
+        )
+    if cluster.inter_node_link is not None:
+        link = cluster.inter_node_link
+        links.add_row(
+            "between nodes", link.name, f"{link.bandwidth_GBps:g}", f"{link.latency_us:g}"
+        )
+    for o in cluster.overrides:
+        links.add_row(
+            " <-> ".join(o.between),
+            o.link.name,
+            f"{o.link.bandwidth_GBps:g}",
+            f"{o.link.latency_us:g}",
+        )
+    console.print(links)

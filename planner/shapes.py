@@ -189,10 +189,70 @@ def tensor_info_from_value_info(vi: onnx.ValueInfoProto) -> TensorInfo | None:
 # Fallback inference for what ONNX left unknown.
 
 _SAME_SHAPE = frozenset(
-    ["Relu", "LeakyRelu", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish", "Clip", "Tanh", "Erf", "Sqrt", "Exp", "Log", "Neg", "Abs", "Reciprocal", "Softmax", "LogSoftmax", "Dropout", "Identity", "Cast", "CastLike", "BatchNormalization", "LayerNormalization", "GroupNormalization", "InstanceNormalization", "Elu", "Selu", "Softplus", "Mish", "Sin", "Cos", "Floor", "Ceil", "Round", "Not", "Sign", "IsNaN", "Trilu", "CumSum", "PRelu"]
+    [
+        "Relu",
+        "LeakyRelu",
+        "Gelu",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Clip",
+        "Tanh",
+        "Erf",
+        "Sqrt",
+        "Exp",
+        "Log",
+        "Neg",
+        "Abs",
+        "Reciprocal",
+        "Softmax",
+        "LogSoftmax",
+        "Dropout",
+        "Identity",
+        "Cast",
+        "CastLike",
+        "BatchNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "InstanceNormalization",
+        "Elu",
+        "Selu",
+        "Softplus",
+        "Mish",
+        "Sin",
+        "Cos",
+        "Floor",
+        "Ceil",
+        "Round",
+        "Not",
+        "Sign",
+        "IsNaN",
+        "Trilu",
+        "CumSum",
+        "PRelu",
+    ]
 )
 _BROADCAST = frozenset(
-    ["Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Max", "Min", "Sum", "Mean", "Mod"]
+    [
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Where",
+        "Equal",
+        "Less",
+        "Greater",
+        "LessOrEqual",
+        "GreaterOrEqual",
+        "And",
+        "Or",
+        "Max",
+        "Min",
+        "Sum",
+        "Mean",
+        "Mod",
+    ]
 )
 
 
