@@ -175,10 +175,10 @@ def test_help_is_fast_and_never_imports_torch():
 
 def test_inspect_never_imports_torch(good_model):
     code = (
-        "import sys; sys.argv=['pipeplan','inspect',%r,'--batch','2','--json'];\n"
+        f"import sys; sys.argv=['pipeplan','inspect',{str(good_model)!r},'--batch','2','--json'];\n"
         "from planner.cli import main\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
-    ) % str(good_model)
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
