@@ -900,6 +900,10 @@ def einsum_cost(node: OpNode) -> OpCost:
     if parsed is None or not node.inputs:
         return estimate_unknown(node)
     operands, output, sizes = parsed
+    out_shape = _shape(_output(node))
+    if out_shape is not None and len(out_shape) == len(output):
+        for name, size in zip(output, out_shape, strict=True):
+            sizes.setdefault(name, size)
     est = any(name not in sizes for idx in operands for name in idx)
     est = est or any(name not in sizes for name in output)
     product = einsum_flops(operands, output, sizes)
