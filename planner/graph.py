@@ -447,8 +447,15 @@ def _scope_of(node: onnx.NodeProto) -> tuple[str, ...]:
             return ()
     name = node.name
     if name.startswith("/") and name.count("/") >= 2:
-        parts = [p for p in name.split("/")[1:-1] if p]
-        return tuple(c for p in parts for c in p.split("."))
+        # TorchScript writes a container's child relative to it:
+        # /layer2/layer2.0/downsample/downsample.0/Conv is module layer2.0.downsample.0
+        segments: list[str] = []
+        for part in (p for p in name.split("/")[1:-1] if p):
+            if segments and part.startswith(segments[-1] + "."):
+                segments[-1] = part
+            else:
+                segments.append(part)
+        return tuple(c for seg in segments for c in seg.split("."))
     return ()
 
 

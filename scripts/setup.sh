@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv (Python 3.10+) and install pipeplan with its test extras.
+# torch==2.13.0 (a CPU build on this project's machines) is installed first when the
+# venv has no torch, so that pip never resolves `torch>=2.4` to a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "pipeplan needs Python 3.10+")'
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
+  echo "setup: installing torch==2.13.0" >&2
+  .venv/bin/pip install -q torch==2.13.0
+fi
+if ! .venv/bin/python -c 'import planner, onnxruntime, pytest, hypothesis, onnxscript' >/dev/null 2>&1 \
+   || [ pyproject.toml -nt .venv/.pipeplan-installed ]; then
+  echo "setup: installing pipeplan and its dependencies" >&2
+  .venv/bin/pip install -q -e ".[test]"
+  touch .venv/.pipeplan-installed
+fi
