@@ -99,17 +99,43 @@ def _all_known(tensors: Iterable[TensorInfo | None]) -> bool:
     return all(t is None or t.shape is not None for t in tensors)
 
 
-def _attr(node: OpNode, name: str, default=None):
+def _str_attr(node: OpNode, name: str, default: str | None = None) -> str | None:
+    """A string attribute (onnx.helper decodes them as bytes); `default` when absent or
+    not a string."""
     value = node.attrs.get(name, default)
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
-    return value
+    return value if isinstance(value, str) else default
+
+
+def _int_attr(node: OpNode, name: str, default: int) -> int:
+    """An int attribute; `default` when absent or not a number."""
+    value = node.attrs.get(name, default)
+    return int(value) if isinstance(value, (int, float)) else default
+
+
+def _float_attr(node: OpNode, name: str, default: float) -> float:
+    """A float attribute; `default` when absent or not a number."""
+    value = node.attrs.get(name, default)
+    return float(value) if isinstance(value, (int, float)) else default
+
+
+def _int_list(value) -> list[int] | None:
+    """An int-list attribute, None when absent or not a list of numbers."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
+        return None
+    return [int(v) for v in value]
+
+
+def _kernel_attr(node: OpNode) -> list[int] | None:
+    """`kernel_shape`, each size at least 1; None when absent or malformed."""
+    kernel = _int_list(node.attrs.get("kernel_shape"))
+    return [max(k, 1) for k in kernel] if kernel is not None else None
 
 
 def _ints(value, n: int, fill: int) -> list[int]:
-    """An int-list attribute as `n` ints (missing or short: padded with `fill`)."""
-    out = [int(v) for v in value] if isinstance(value, (list, tuple)) else []
-    return (out + [fill] * n)[:n]
+    """An int-list attribute as `n` ints (missing, malformed or short: padded with `fill`)."""
+    return ((_int_list(value) or []) + [fill] * n)[:n]
 
 
 def _broadcast(shapes: Sequence[Shape]) -> Shape | None:
@@ -269,7 +295,7 @@ def scatter_cost(node: OpNode) -> OpCost:
     update element when `reduction` is set, else 0. Backward masks and gathers the
     output gradient (memory only) and keeps the indices."""
     updates = _input(node, 2)
-    flops = _numel(updates) if _attr(node, "reduction", "none") not in ("none", None) else 0
+    flops = _numel(updates) if _str_attr(node, "reduction", "none") not in ("none", None) else 0
     grad = needs_grad(node, 0) or needs_grad(node, 2)
     return OpCost(
         flops=flops,
@@ -430,7 +456,7 @@ def pointwise_cost(node: OpNode, factors: Pointwise | None = None) -> OpCost:
     """
     if factors is None:
         factors = POINTWISE[node.op_type]
-        if node.op_type == "Gelu" and _attr(node, "approximate", "none") == "tanh":
+        if node.op_type == "Gelu" and _str_attr(node, "approximate", "none") == "tanh":
             factors = GELU_TANH
     n, est = _output_numel(node)
     steps = 1
@@ -515,7 +541,7 @@ def norm_cost(node: OpNode) -> OpCost:
     fwd = NORM_FWD
     if node.op_type == "BatchNormalization":
         fwd = BATCHNORM_INFER_FWD
-        if int(_attr(node, "training_mode", 0) or 0):
+        if _int_attr(node, "training_mode", 0):
             fwd += BATCHNORM_STATS_FWD
     grad = bool(_grad_inputs(node))
     trained = any(i in node.param_inputs and needs_grad(node, i) for i in (1, 2))
@@ -536,7 +562,7 @@ def lrn_cost(node: OpNode) -> OpCost:
     `size` adds over the window, then scale, add, pow, divide: size + 5 FLOPs; backward
     about 2x forward, reading input and output."""
     n, est = _output_numel(node)
-    size = int(_attr(node, "size", 5) or 5)
+    size = max(_int_attr(node, "size", 5), 1)
     fwd = (size + 5) * n
     grad = needs_grad(node, 0)
     return OpCost(
@@ -569,11 +595,11 @@ def window_output_shape(
     spatial = in_shape[2:]
     d = len(spatial)
     strides = _ints(attrs.get("strides"), d, 1)
-    dilations = _ints(attrs.get("dilations"), d, 1)
+    dilations = [max(v, 1) for v in _ints(attrs.get("dilations"), d, 1)]
     pads = _ints(attrs.get("pads"), 2 * d, 0)
     auto_pad = attrs.get("auto_pad", "NOTSET")
     if isinstance(auto_pad, bytes):
-        auto_pad = auto_pad.decode()
+        auto_pad = auto_pad.decode("utf-8", "replace")
     rounding = ceil if ceil_mode else floor
     out = []
     for j, size in enumerate(spatial):
@@ -597,16 +623,15 @@ def conv_cost(node: OpNode) -> OpCost:
     """
     x, w, b, y = _input(node, 0), _input(node, 1), _input(node, 2), _output(node)
     est = False
-    kernel = _attr(node, "kernel_shape")
+    kernel = _kernel_attr(node)
     w_shape = _shape(w)
     if w_shape is not None and len(w_shape) >= 2:
         macs_per_out = prod(w_shape[1:])
         kernel = list(w_shape[2:])
         cout = w_shape[0]
     else:
-        group = int(_attr(node, "group", 1) or 1)
+        group = _int_attr(node, "group", 1)
         cin = _dim(x, 1)
-        kernel = list(kernel) if isinstance(kernel, (list, tuple)) else None
         if cin is None or kernel is None:
             est = True
         macs_per_out = (cin or 1) // max(group, 1) * prod(kernel or [1])
@@ -637,8 +662,8 @@ def conv_transpose_cost(node: OpNode) -> OpCost:
     if _known(x) and w_shape is not None and len(w_shape) >= 2:
         product = 2 * x.numel * prod(w_shape[1:])
     elif _known(y) and w_shape is not None and len(w_shape) >= 2:
-        group = max(int(_attr(node, "group", 1) or 1), 1)
-        strides = _ints(_attr(node, "strides"), len(w_shape) - 2, 1)
+        group = max(_int_attr(node, "group", 1), 1)
+        strides = _ints(node.attrs.get("strides"), len(w_shape) - 2, 1)
         per_out = w_shape[0] // group * prod(w_shape[2:]) // max(prod(strides), 1)
         product, est = 2 * y.numel * per_out, True
     else:
@@ -690,14 +715,13 @@ def pool_cost(node: OpNode) -> OpCost:
     int64 of the output's size, are not counted here); AveragePool saves nothing.
     """
     x, y = _input(node, 0), _output(node)
-    kernel = _attr(node, "kernel_shape")
-    kernel = [int(k) for k in kernel] if isinstance(kernel, (list, tuple)) else None
+    kernel = _kernel_attr(node)
     est = kernel is None
     window = prod(kernel) if kernel else 1
     if _known(y):
         out_numel = y.numel
     elif _known(x) and kernel and len(x.shape) >= 2 and len(kernel) >= len(x.shape[2:]):
-        ceil_mode = bool(int(_attr(node, "ceil_mode", 0) or 0))
+        ceil_mode = bool(_int_attr(node, "ceil_mode", 0))
         out_numel = prod(window_output_shape(x.shape, x.shape[1], kernel, node.attrs, ceil_mode))
     else:
         out_numel, est = _numel(x) // max(window, 1), True
@@ -751,8 +775,8 @@ def gemm_cost(node: OpNode) -> OpCost:
     Backward: dA = dY B'^T and dB = A'^T dY are 2MNK each, dC a reduction of M*N.
     """
     a, b, c, y = _input(node, 0), _input(node, 1), _input(node, 2), _output(node)
-    trans_a = bool(int(_attr(node, "transA", 0) or 0))
-    trans_b = bool(int(_attr(node, "transB", 0) or 0))
+    trans_a = bool(_int_attr(node, "transA", 0))
+    trans_b = bool(_int_attr(node, "transB", 0))
     a_shape, b_shape = _shape(a), _shape(b)
     m = k = n = None
     if a_shape is not None and len(a_shape) == 2:
@@ -766,12 +790,12 @@ def gemm_cost(node: OpNode) -> OpCost:
     m, k, n = m or 0, k or 0, n or 0
     product = 2 * m * n * k
     extra = 0
-    if float(_attr(node, "alpha", 1.0)) != 1.0:
+    if _float_attr(node, "alpha", 1.0) != 1.0:
         extra += m * n
     bias = 0
     if c is not None:
         bias = m * n
-        if float(_attr(node, "beta", 1.0)) != 1.0:
+        if _float_attr(node, "beta", 1.0) != 1.0:
             extra += m * n
     cost = _product_cost(node, product, bias, [0, 1], est)
     if extra:
@@ -894,7 +918,7 @@ def einsum_cost(node: OpNode) -> OpCost:
     of the same index space, so one forward's worth per operand needing a gradient
     (2x for the usual two-operand contraction). `kind="compute"` when it contracts an
     index, else memory (transpose, Hadamard, outer product)."""
-    equation = _attr(node, "equation")
+    equation = _str_attr(node, "equation")
     shapes = [_shape(t) for t in node.inputs]
     parsed = parse_einsum(equation, shapes) if isinstance(equation, str) else None
     if parsed is None or not node.inputs:
@@ -991,8 +1015,7 @@ def topk_cost(node: OpNode) -> OpCost:
     gradient of the k values back: one per output element; the indices output is kept
     (not an input)."""
     x, values = _input(node, 0), _output(node)
-    axis = _attr(node, "axis", -1)
-    axis = int(axis) if axis is not None else -1
+    axis = _int_attr(node, "axis", -1)
     k = _dim(values, axis) if _known(values) else None
     est = k is None or not _known(x)
     compares = _numel(x) * max(1, ceil(log2(k))) if k else _numel(x)
@@ -1013,7 +1036,7 @@ def resize_cost(node: OpNode) -> OpCost:
     an add each: FLOPs = 2 * taps * numel(Y). Backward scatters the same taps back
     (same FLOPs; nothing saved but shapes)."""
     x, y = _input(node, 0), _output(node)
-    mode = _attr(node, "mode", "nearest")
+    mode = _str_attr(node, "mode", "nearest")
     n, est = _output_numel(node)
     if _known(x) and _known(y) and len(x.shape) == len(y.shape):
         r = sum(1 for a, b in zip(x.shape, y.shape, strict=True) if a != b)
