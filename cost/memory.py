@@ -97,8 +97,5 @@ def stage_memory(
     if not training:
         return StageMemory(params, buffers, int(max_layer_activation_bytes * scale), 1)
     flight = in_flight_microbatches(schedule, stage, stages, microbatches)
-    if recompute:
-        acts = flight * input_bytes + activation_bytes
-    else:
-        acts = flight * activation_bytes
+    acts = flight * input_bytes + activation_bytes if recompute else flight * activation_bytes
     return StageMemory(params, buffers, int(acts * scale), flight)

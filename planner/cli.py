@@ -141,6 +141,101 @@ def inspect(
 
 @app.command()
 @guarded
+def plan(
+    model: Annotated[str, typer.Argument(help="ONNX model file (one micro-batch).")],
+    cluster: Annotated[str, typer.Option("--cluster", "-c", help="Cluster spec, YAML or JSON.")],
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="Write PLAN.json here.")
+    ] = None,
+    dim: DimOpt = None,
+    batch: BatchOpt = None,
+    input_shape: InputShapeOpt = None,
+    microbatches: Annotated[
+        int, typer.Option("--microbatches", "-m", help="Micro-batches per iteration.")
+    ] = 8,
+    schedule: Annotated[str, typer.Option("--schedule", help="1f1b or gpipe.")] = "1f1b",
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16.")] = "fp32",
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd, momentum or adam.")] = "adam",
+    recompute: Annotated[
+        bool, typer.Option("--recompute", help="Full activation recomputation.")
+    ] = False,
+    objective: Annotated[
+        str, typer.Option("--objective", help="throughput (training) or latency (inference).")
+    ] = "throughput",
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="ilp, uniform, params, greedy or dp.")
+    ] = "ilp",
+    time_limit: Annotated[
+        float, typer.Option("--time-limit", help="ILP time limit, seconds.")
+    ] = 30.0,
+    headroom: Annotated[
+        float, typer.Option("--headroom", help="Fraction of device memory kept free.")
+    ] = 0.1,
+    stages: Annotated[
+        int | None, typer.Option("--stages", help="Fix the number of pipeline stages.")
+    ] = None,
+    solver: Annotated[
+        str, typer.Option("--solver", help="highs (default; CBC is the fallback) or cbc.")
+    ] = "highs",
+    layers: LayersOpt = None,
+    layer_depth: LayerDepthOpt = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print PLAN.json to stdout instead of a table.")
+    ] = False,
+) -> None:
+    """Split a model across a cluster: fit memory, maximise throughput, explain why."""
+    from planner.api import plan as make_plan
+    from planner.config import PlanConfig
+    from planner.io import config_from_options, write_json_atomic
+
+    config = config_from_options(
+        PlanConfig,
+        microbatches=microbatches,
+        schedule=schedule,
+        dtype=dtype,
+        optimizer=optimizer,
+        recompute=recompute,
+        objective=objective,
+        strategy=strategy,
+        time_limit_s=time_limit,
+        memory_headroom=headroom,
+        stages=stages,
+        solver=solver,
+    )
+    result = make_plan(
+        model,
+        cluster,
+        config,
+        _bindings(dim, batch, input_shape),
+        layers_file=layers,
+        layer_depth=layer_depth,
+    )
+    _warn(result.warnings)
+    if output:
+        write_json_atomic(output, result.model_dump_json(indent=2))
+    if json_out:
+        print(result.model_dump_json(indent=2))
+        return
+    from planner.render import print_plan
+
+    print_plan(result, output)
+
+
+@app.command()
+@guarded
+def schema(
+    name: Annotated[str, typer.Argument(help="plan, cluster or inspect.")],
+) -> None:
+    """Print the JSON Schema of a pipeplan file format."""
+    import json
+
+    from planner.io import schema_of
+
+    print(json.dumps(schema_of(name), indent=2))
+
+
+@app.command()
+@guarded
 def cluster(
     spec: Annotated[str, typer.Argument(help="Cluster spec, YAML or JSON.")],
     json_out: Annotated[

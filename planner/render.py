@@ -105,3 +105,71 @@ def print_cluster(cluster, console: Console | None = None) -> None:
             f"{o.link.latency_us:g}",
         )
     console.print(links)
+
+
+def _short_layers(names: list[str], limit: int = 3) -> str:
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{names[0]} .. {names[-1]} ({len(names)})"
+
+
+def print_plan(plan, output: str | None = None, console: Console | None = None) -> None:
+    console = console or wide_console()
+    cfg = plan.config
+    console.print(
+        f"[bold]{plan.model.path}[/] on [bold]{plan.cluster.summary()}[/]\n"
+        f"micro-batch {plan.model.microbatch_size} x {cfg.microbatches} micro-batches, {cfg.schedule}, {cfg.dtype}, "
+        f"{cfg.optimizer}{', recompute' if cfg.recompute else ''}, objective {cfg.objective}"
+    )
+    table = Table(header_style="bold")
+    for col in (
+        "stage",
+        "device",
+        "layers",
+        "fwd ms",
+        "bwd ms",
+        "send ms",
+        "memory / usable",
+        "binds",
+    ):
+        table.add_column(col, justify="right" if col.endswith("ms") else "left")
+    for st in plan.stages:
+        mark = " *" if st.bottleneck else ""
+        table.add_row(
+            f"{st.index}{mark}",
+            f"{st.device} {st.device_kind}",
+            _short_layers(st.layers),
+            f"{st.forward_ms:.3f}",
+            f"{st.backward_ms:.3f}",
+            f"{max(st.send_ms, st.grad_send_ms):.3f}",
+            f"{nbytes(st.peak_memory_bytes)} / {nbytes(st.memory_capacity_bytes)} ({st.peak_memory_bytes / st.memory_capacity_bytes:.0%})",
+            st.binds,
+        )
+    console.print(table)
+    p = plan.predicted
+    s = plan.solver
+    gap = f", gap {s.gap:.2%}" if s.gap is not None else ""
+    console.print(
+        f"predicted: {p.iteration_ms:.3f} ms per iteration, {p.throughput_samples_per_s:,.1f} samples/s, "
+        f"bubble {p.bubble_fraction:.1%}, bottleneck {p.bottleneck} ({p.bottleneck_ms:.3f} ms)  [* marks it]\n"
+        f"solver: {s.strategy} via {s.backend}, {s.status}{gap}, {s.seconds:.2f} s"
+        + (f", warm start {s.warm_start}" if s.warm_start else "")
+    )
+    if plan.baselines:
+        console.print(
+            "baselines: "
+            + "; ".join(
+                f"{b.strategy} {b.throughput_samples_per_s:,.1f}/s{'' if b.fits else ' (does not fit)'}"
+                for b in plan.baselines
+            )
+        )
+    for line in plan.explanation:
+        console.print(f"- {line}")
+    routes = plan.routing.forward
+    if routes:
+        console.print(
+            f"routing: {len(routes)} forward hops ({nbytes(sum(r.bytes for r in routes))} per micro-batch), "
+            f"{len(plan.routing.backward)} gradient hops back"
+        )
+    if output:
+        console.print(f"wrote {output}")

@@ -1,0 +1,322 @@
+"""The exact partitioner: a mixed-integer linear program over layers, stages and devices.
+
+The formulation follows the integer programs for pipeline placement of Tarnawski et al.
+("Efficient Algorithms for Device Placement of DNN Graph Operators", NeurIPS 2020) and
+Piper (Tarnawski et al., NeurIPS 2021), adapted to the cost model of `planner.objective`
+(which it reproduces exactly, so the ILP's optimum is the best assignment under it).
+
+Stage **slots** are numbered from the end of the pipeline: slot 0 is the last stage, slot
+j holds stage p - 1 - j. Numbered so, 1F1B's in-flight count min(p - s, m) becomes
+min(j + 1, m), independent of the unknown p, and one model covers every stage count.
+
+Variables
+    x[l, j] in {0,1}   layer l on slot j
+    w[j, g] in {0,1}   slot j runs on a device of group g (devices of one node with equal
+                       specs are interchangeable, so groups replace devices: this removes
+                       the permutation symmetry of identical devices)
+    u[j]    in [0,1]   slot j is used (= sum_g w[j, g]); used slots form a prefix
+    c[f, j] in [0,1]   tensor f crosses boundary j (slot j -> slot j - 1)
+    h[s, j] in [0,1]   shared weight s is held on slot j
+    T[j], K[j], Kb[j] >= 0  compute, activation-link and gradient-link time per micro-batch
+    P >= 0             the slowest resource (stage or link)
+
+Constraints
+    sum_j x[l, j] = 1;  x[l, j] <= u[j] <= sum_l x[l, j];  u[j] >= u[j+1]
+    sum_j w[j, g] <= |g|
+    forward flow (layer a feeds b): sum_{j' >= j} x[b, j'] <= sum_{j' >= j} x[a, j'] for all j
+    crossing: c[f, j] >= X[prod f, >= j] - X[v, >= j] for every consumer v of f
+    compute (tight big-M per group): T[j] >= sum_l C[l, g] x[l, j] - M_g (1 - w[j, g])
+    links, per group pair (g on slot j, h on slot j-1):
+        K[j] >= sum_f t_gh(f) c[f, j] - M (2 - w[j, g] - w[j-1, h]), same for Kb
+    memory: sum_l (state_l + buffers_l + flight_j act_l) x[l, j] + sum_s state_s h[s, j]
+            (+ flight_j x inputs with recomputation) <= cap_g + M (1 - w[j, g])
+    P >= T[j], K[j], Kb[j]
+
+Objective: sum_j (T[j] + K[j] + Kb[j]) + (m - 1) P  (throughput), or sum_j (T[j] + K[j])
+(latency). Symmetry between interchangeable groups is broken by ordering their use;
+an analytic lower bound (every layer on its fastest device; for chains, the exact
+min-max partition of that: a chain DP) is added as a cut and reported with the gap.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pulp
+
+from cost.memory import in_flight_microbatches
+from planner.baselines import min_max_partition
+from planner.objective import Assignment, crossing_tensors, evaluate
+from planner.problem import Problem
+from planner.solvers import SolveResult, solve
+
+
+@dataclass(frozen=True)
+class IlpResult:
+    assignment: Assignment | None
+    solve: SolveResult
+    lower_bound: float
+    variables: int
+    constraints: int
+    build_seconds: float
+
+
+def lower_bound(problem: Problem, slots: int) -> float:
+    """Objective lower bound: each layer at its fastest; for chains, a min-max partition."""
+    training = problem.training
+    best = [
+        min(layer.compute_s(g, training) for g in range(len(problem.groups)))
+        for layer in problem.layers
+    ]
+    total = sum(best)
+    if problem.config.objective == "latency":
+        return total
+    bottleneck = max(max(best), total / max(slots, 1))
+    if problem.is_chain and len(best) > 1 and slots > 1:
+        cuts = min_max_partition(best, slots)
+        bounds = [0, *cuts, len(best)]
+        bottleneck = max(
+            bottleneck, max(sum(best[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
+        )
+    elif slots == 1:
+        bottleneck = total
+    return total + (problem.config.microbatches - 1) * bottleneck
+
+
+def _equivalent_groups(problem: Problem) -> list[tuple[int, int]]:
+    """Pairs of groups (g, h), g < h, that can swap roles without changing any cost."""
+    pairs = []
+    gs = problem.groups
+    for g in gs:
+        for h in gs:
+            if h.index <= g.index or g.spec != h.spec or len(g.devices) != len(h.devices):
+                continue
+            if problem.links.get((g.index, g.index)) != problem.links.get((h.index, h.index)):
+                continue
+            if problem.links.get((g.index, h.index)) != problem.links.get((h.index, g.index)):
+                continue
+            others = [k.index for k in gs if k.index not in (g.index, h.index)]
+            if all(
+                problem.links[(g.index, k)] == problem.links[(h.index, k)]
+                and problem.links[(k, g.index)] == problem.links[(k, h.index)]
+                for k in others
+            ):
+                pairs.append((g.index, h.index))
+    return pairs
+
+
+def solve_ilp(problem: Problem, warm: Assignment | None = None) -> IlpResult:
+    """Build and solve the MILP; return the best assignment found (None if infeasible)."""
+    start = time.perf_counter()
+    cfg = problem.config
+    training = problem.training
+    m = cfg.microbatches
+    L = len(problem.layers)
+    G = len(problem.groups)
+    J = min(cfg.stages or problem.max_stages, problem.max_stages)
+    schedule = cfg.schedule if training else "infer"
+    flows = problem.flows
+    lp = pulp.LpProblem("pipeline_partition", pulp.LpMinimize)
+
+    x = {
+        (layer, j): pulp.LpVariable(f"x_{layer}_{j}", cat="Binary")
+        for layer in range(L)
+        for j in range(J)
+    }
+    w = {(j, g): pulp.LpVariable(f"w_{j}_{g}", cat="Binary") for j in range(J) for g in range(G)}
+    u = {j: pulp.LpVariable(f"u_{j}", 0, 1) for j in range(J)}
+    T = {j: pulp.LpVariable(f"T_{j}", 0) for j in range(J)}
+    K = {j: pulp.LpVariable(f"K_{j}", 0) for j in range(1, J)}
+    Kb = {j: pulp.LpVariable(f"Kb_{j}", 0) for j in range(1, J)} if training else {}
+    P = pulp.LpVariable("P", 0)
+    c = {
+        (f, j): pulp.LpVariable(f"c_{f}_{j}", 0, 1) for f in range(len(flows)) for j in range(1, J)
+    }
+    h = {
+        (s, j): pulp.LpVariable(f"h_{s}_{j}", 0, 1)
+        for s in range(len(problem.shared))
+        for j in range(J)
+    }
+
+    def suffix(layer: int, j: int):
+        return pulp.lpSum(x[layer, jj] for jj in range(j, J))
+
+    for layer in range(L):
+        lp += pulp.lpSum(x[layer, j] for j in range(J)) == 1, f"assign_{layer}"
+    for j in range(J):
+        lp += u[j] == pulp.lpSum(w[j, g] for g in range(G)), f"used_{j}"
+        lp += pulp.lpSum(x[layer, j] for layer in range(L)) >= u[j], f"nonempty_{j}"
+        for layer in range(L):
+            lp += x[layer, j] <= u[j], f"open_{layer}_{j}"
+        if j + 1 < J:
+            lp += u[j] >= u[j + 1], f"prefix_{j}"
+    if cfg.stages:
+        for j in range(J):
+            lp += u[j] == 1, f"fixed_stages_{j}"
+    for g, group in enumerate(problem.groups):
+        lp += pulp.lpSum(w[j, g] for j in range(J)) <= len(group.devices), f"count_{g}"
+    for a, b in problem.edges:
+        for j in range(1, J):
+            lp += suffix(b, j) <= suffix(a, j), f"flow_{a}_{b}_{j}"
+    for f, flow in enumerate(flows):
+        for v in flow.consumers:
+            for j in range(1, J):
+                lp += c[f, j] >= suffix(flow.producer, j) - suffix(v, j), f"cross_{f}_{v}_{j}"
+
+    # Times are scaled to units of the costliest layer, and memory rows to units of the
+    # device's capacity, so that the solver's absolute tolerances (1e-6 and up) stay far
+    # below the smallest quantities that matter (a link latency of microseconds).
+    cost = [[layer.compute_s(g, training) for g in range(G)] for layer in problem.layers]
+    tscale = 1.0 / max(max(max(row) for row in cost), 1e-12)
+    cost = [[v * tscale for v in row] for row in cost]
+    for g in range(G):
+        big = sum(cost[layer][g] for layer in range(L))
+        for j in range(J):
+            lp += (
+                T[j]
+                >= pulp.lpSum(cost[layer][g] * x[layer, j] for layer in range(L))
+                - big * (1 - w[j, g]),
+                f"T_{j}_{g}",
+            )
+
+    # Link time per boundary and group pair.
+    pairs = [(g, k) for g in range(G) for k in range(G) if (g, k) in problem.links]
+    for j in range(1, J):
+        for g, k in pairs:
+            link = problem.link(g, k)
+            times = [link.transfer_seconds(flow.nbytes) * tscale for flow in flows]
+            big = sum(times)
+            lp += (
+                K[j]
+                >= pulp.lpSum(t * c[f, j] for f, t in enumerate(times))
+                - big * (2 - w[j, g] - w[j - 1, k]),
+                f"K_{j}_{g}_{k}",
+            )
+            if training:
+                float_times = [(f, t) for f, t in enumerate(times) if flows[f].is_float]
+                big_b = sum(t for _, t in float_times)
+                lp += (
+                    Kb[j]
+                    >= pulp.lpSum(t * c[f, j] for f, t in float_times)
+                    - big_b * (2 - w[j, g] - w[j - 1, k]),
+                    f"Kb_{j}_{g}_{k}",
+                )
+
+    # Memory per slot.
+    for s, sp in enumerate(problem.shared):
+        for layer in sp.layers:
+            for j in range(J):
+                lp += h[s, j] >= x[layer, j], f"shared_{s}_{layer}_{j}"
+    for j in range(J):
+        flight = in_flight_microbatches(schedule, 0, j + 1, m) if training else 1
+        terms = []
+        for layer in problem.layers:
+            act = (
+                layer.activation_bytes
+                if (cfg.recompute and training)
+                else flight * layer.activation_bytes
+            )
+            terms.append((layer.state_bytes + layer.buffer_bytes + act) * x[layer.index, j])
+        terms += [sp.state_bytes * h[s, j] for s, sp in enumerate(problem.shared)]
+        if cfg.recompute and training and j + 1 < J:
+            terms += [flight * flow.nbytes * c[f, j + 1] for f, flow in enumerate(flows)]
+        usage = pulp.lpSum(terms)
+        worst = (
+            sum(
+                layer.state_bytes + layer.buffer_bytes + max(flight, 1) * layer.activation_bytes
+                for layer in problem.layers
+            )
+            + sum(sp.state_bytes for sp in problem.shared)
+            + sum(flight * fl.nbytes for fl in flows)
+        )
+        for g in range(G):
+            cap = problem.capacity(g)
+            big = max(0.0, worst - cap)
+            lp += (1.0 / cap) * usage <= 1.0 + (big / cap) * (1 - w[j, g]), f"mem_{j}_{g}"
+
+    for j in range(J):
+        lp += T[j] <= P, f"P_T_{j}"
+    for j in range(1, J):
+        lp += K[j] <= P, f"P_K_{j}"
+        if training:
+            lp += Kb[j] <= P, f"P_Kb_{j}"
+    for g, k in _equivalent_groups(problem):
+        lp += (
+            pulp.lpSum(w[j, g] for j in range(J)) >= pulp.lpSum(w[j, k] for j in range(J)),
+            f"sym_{g}_{k}",
+        )
+
+    links_total = pulp.lpSum(K.values()) + pulp.lpSum(Kb.values())
+    if cfg.objective == "latency":
+        objective = pulp.lpSum(T.values()) + pulp.lpSum(K.values())
+    else:
+        objective = pulp.lpSum(T.values()) + links_total + (m - 1) * P
+    lp += objective
+    bound = lower_bound(problem, J)
+    lp += objective >= bound * tscale * (1 - 1e-9), "analytic_bound"
+
+    if warm is not None and warm.num_stages <= J and evaluate(problem, warm).fits:
+        _set_warm_start(problem, warm, J, x, w, u, T, K, Kb, P, c, h, tscale)
+    build_seconds = time.perf_counter() - start
+    result = solve(lp, backend=cfg.solver, time_limit=cfg.time_limit_s)
+    result = SolveResult(
+        result.backend,
+        result.status,
+        result.objective / tscale if result.objective is not None else None,
+        result.bound / tscale if result.bound is not None else None,
+        result.seconds,
+    )
+    assignment = None
+    if result.objective is not None:
+        assignment = _extract(problem, J, x, w, u)
+    return IlpResult(
+        assignment, result, bound, len(lp.variables()), len(lp.constraints), build_seconds
+    )
+
+
+def _set_warm_start(problem, a: Assignment, J, x, w, u, T, K, Kb, P, c, h, tscale: float) -> None:
+    p = a.num_stages
+    ev = evaluate(problem, a)
+    slot = [p - 1 - s for s in a.stage_of_layer]
+    group_of_stage = [problem.group_of_device[d] for d in a.devices]
+    for (layer, j), var in x.items():
+        var.setInitialValue(1 if slot[layer] == j else 0)
+    for (j, g), var in w.items():
+        var.setInitialValue(1 if j < p and group_of_stage[p - 1 - j] == g else 0)
+    for j, var in u.items():
+        var.setInitialValue(1 if j < p else 0)
+    for j, var in T.items():
+        var.setInitialValue(ev.stages[p - 1 - j].compute_s * tscale if j < p else 0.0)
+    crossing = crossing_tensors(problem, a)
+    crossing_sets = [set(cr) for cr in crossing]
+    for (f, j), var in c.items():
+        # boundary j (slot j -> j-1) is stage boundary s = p - 1 - j (stage s -> s + 1)
+        s = p - 1 - j
+        var.setInitialValue(1 if 0 <= s < p - 1 and f in crossing_sets[s] else 0)
+    for j, var in K.items():
+        s = p - 1 - j
+        var.setInitialValue(ev.stages[s].send_s * tscale if 0 <= s < p - 1 else 0.0)
+    for j, var in Kb.items():
+        s = p - 1 - j
+        var.setInitialValue(ev.stages[s].grad_send_s * tscale if 0 <= s < p - 1 else 0.0)
+    P.setInitialValue(ev.bottleneck_s * tscale)
+    for (sidx, j), var in h.items():
+        layers = problem.shared[sidx].layers
+        var.setInitialValue(1 if any(slot[layer] == j for layer in layers) else 0)
+
+
+def _extract(problem: Problem, J, x, w, u) -> Assignment:
+    used = [j for j in range(J) if (u[j].value() or 0) > 0.5]
+    p = len(used)
+    stage_of = []
+    for layer in range(len(problem.layers)):
+        j = max(range(J), key=lambda jj: x[layer, jj].value() or 0)
+        stage_of.append(p - 1 - j)
+    free = {g.index: list(g.devices) for g in problem.groups}
+    devices = []
+    for s in range(p):
+        j = p - 1 - s
+        g = max(range(len(problem.groups)), key=lambda gg: w[j, gg].value() or 0)
+        devices.append(free[g].pop(0))
+    return Assignment(tuple(stage_of), tuple(devices))

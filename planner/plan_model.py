@@ -1,0 +1,135 @@
+"""PLAN.json: the plan as data (pydantic, `schema_version` 1).
+
+`pipeplan schema plan` prints this model's JSON Schema. Times are per micro-batch in
+milliseconds unless named otherwise; bytes are per micro-batch for routes and peak bytes
+for memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from cost.cluster import Cluster
+from planner.config import PlanConfig
+
+SCHEMA_VERSION = 1
+
+
+class TensorRef(BaseModel):
+    name: str
+    shape: list[int] | None
+    dtype: str
+
+
+class ModelInfo(BaseModel):
+    path: str
+    graph_hash: str = Field(description="SHA-256 prefix of the graph structure (weights excluded)")
+    producer: str
+    opset: int
+    symbols: dict[str, int] = Field(description="symbolic dimensions as bound for this plan")
+    microbatch_size: int = Field(description="the graph's batch dimension (one micro-batch)")
+    inputs: list[TensorRef]
+    outputs: list[TensorRef]
+    params: int
+    param_bytes: int
+    has_weights: bool
+
+
+class StagePlan(BaseModel):
+    index: int
+    device: str = Field(description="device id, <node>.<index>")
+    device_kind: str
+    node: str
+    layers: list[str]
+    nodes: list[str] = Field(
+        description="ONNX node names run by this stage, folded shape nodes excluded"
+    )
+    graph_inputs: list[str] = Field(description="graph inputs this stage reads")
+    graph_outputs: list[str] = Field(description="graph outputs this stage writes")
+    forward_ms: float
+    backward_ms: float
+    compute_ms: float
+    send_ms: float = Field(description="activations to the next stage per micro-batch")
+    grad_send_ms: float = Field(description="gradients back from the next stage per micro-batch")
+    param_bytes: int = Field(
+        description="bytes of the weights this stage holds (shared weights once)"
+    )
+    params_state_bytes: int = Field(description="weights, gradients, optimizer state and buffers")
+    activation_bytes: int = Field(
+        description="saved activations at the peak, all in-flight micro-batches"
+    )
+    in_flight_microbatches: int
+    peak_memory_bytes: int
+    memory_capacity_bytes: int = Field(description="usable capacity: device memory minus headroom")
+    device_memory_bytes: int
+    binds: str = Field(description="what limits this stage: compute, link, memory or nothing")
+    bottleneck: bool
+
+
+class Route(BaseModel):
+    tensor: str
+    src_stage: int
+    dst_stage: int
+    bytes: int = Field(description="per micro-batch, at the plan's dtype")
+    origin_stage: int = Field(description="stage that produces the tensor (relays keep it)")
+    consumer_stages: list[int]
+    shape: list[int] | None = None
+    dtype: str = ""
+
+
+class Routing(BaseModel):
+    forward: list[Route] = Field(description="activations, hop by hop from stage s to s + 1")
+    backward: list[Route] = Field(
+        description="gradients of floating-point activations, from s + 1 to s"
+    )
+
+
+class Predicted(BaseModel):
+    iteration_ms: float
+    throughput_samples_per_s: float
+    bottleneck_ms: float
+    bottleneck: str
+    bubble_fraction: float
+    global_batch: int
+
+
+class SolverReport(BaseModel):
+    strategy: str
+    backend: str
+    status: str = Field(
+        description="optimal, time_limit (best found, not proven optimal), heuristic"
+    )
+    optimal: bool
+    objective: float | None = Field(description="seconds per iteration (or per sample for latency)")
+    bound: float | None = Field(description="proven lower bound on the objective, seconds")
+    gap: float | None = Field(description="(objective - bound) / objective")
+    seconds: float
+    build_seconds: float = 0.0
+    variables: int = 0
+    constraints: int = 0
+    warm_start: str | None = None
+
+
+class BaselineRow(BaseModel):
+    strategy: str
+    stages: int
+    iteration_ms: float
+    throughput_samples_per_s: float
+    fits: bool
+
+
+class Plan(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    model: ModelInfo
+    config: PlanConfig
+    bindings: dict[str, Any] = Field(default_factory=dict)
+    cluster: Cluster
+    stages: list[StagePlan]
+    routing: Routing
+    predicted: Predicted
+    solver: SolverReport
+    baselines: list[BaselineRow] = Field(default_factory=list)
+    explanation: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
