@@ -308,7 +308,8 @@ def _explain(
     if fitting and ev.iteration_s > 0:
         best = min(fitting, key=lambda r: r.iteration_ms)
         lines.append(
-            f"{report.strategy} is {best.iteration_ms / (ev.iteration_s * 1e3):.2f}x the best baseline ({best.strategy}, {best.iteration_ms:.3f} ms)"
+            f"{report.strategy} gives {best.iteration_ms / (ev.iteration_s * 1e3):.2f}x the throughput of the best "
+            f"baseline ({best.strategy}, {best.iteration_ms:.3f} ms per iteration)"
         )
     tight = [s for s in ev.stages if s.memory_bytes > 0.9 * s.capacity_bytes]
     if tight:

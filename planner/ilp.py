@@ -34,8 +34,8 @@ Constraints
 
 Objective: sum_j (T[j] + K[j] + Kb[j]) + (m - 1) P  (throughput), or sum_j (T[j] + K[j])
 (latency). Symmetry between interchangeable groups is broken by ordering their use;
-an analytic lower bound (every layer on its fastest device; for chains, the exact
-min-max partition of that: a chain DP) is added as a cut and reported with the gap.
+a lower bound from a chain DP (`planner.bounds`) is added as a cut and reported with
+the gap.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import pulp
 
 from cost.memory import in_flight_microbatches
-from planner.baselines import min_max_partition
+from planner.bounds import lower_bound
 from planner.objective import Assignment, crossing_tensors, evaluate
 from planner.problem import Problem
 from planner.solvers import SolveResult, solve
@@ -60,28 +60,6 @@ class IlpResult:
     variables: int
     constraints: int
     build_seconds: float
-
-
-def lower_bound(problem: Problem, slots: int) -> float:
-    """Objective lower bound: each layer at its fastest; for chains, a min-max partition."""
-    training = problem.training
-    best = [
-        min(layer.compute_s(g, training) for g in range(len(problem.groups)))
-        for layer in problem.layers
-    ]
-    total = sum(best)
-    if problem.config.objective == "latency":
-        return total
-    bottleneck = max(max(best), total / max(slots, 1))
-    if problem.is_chain and len(best) > 1 and slots > 1:
-        cuts = min_max_partition(best, slots)
-        bounds = [0, *cuts, len(best)]
-        bottleneck = max(
-            bottleneck, max(sum(best[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
-        )
-    elif slots == 1:
-        bottleneck = total
-    return total + (problem.config.microbatches - 1) * bottleneck
 
 
 def _equivalent_groups(problem: Problem) -> list[tuple[int, int]]:
@@ -180,8 +158,21 @@ def solve_ilp(problem: Problem, warm: Assignment | None = None) -> IlpResult:
                 f"T_{j}_{g}",
             )
 
+    # Valid cuts without big-M (exact when all groups are alike): they tighten the LP
+    # relaxation, which big-M rows alone leave weak.
+    cheapest = [min(row) for row in cost]
+    for j in range(J):
+        lp += T[j] >= pulp.lpSum(cheapest[layer] * x[layer, j] for layer in range(L)), f"T_min_{j}"
+
     # Link time per boundary and group pair.
     pairs = [(g, k) for g in range(G) for k in range(G) if (g, k) in problem.links]
+    if pairs:
+        fastest = [
+            min(problem.link(g, k).transfer_seconds(flow.nbytes) for g, k in pairs) * tscale
+            for flow in flows
+        ]
+        for j in range(1, J):
+            lp += K[j] >= pulp.lpSum(t * c[f, j] for f, t in enumerate(fastest)), f"K_min_{j}"
     for j in range(1, J):
         for g, k in pairs:
             link = problem.link(g, k)

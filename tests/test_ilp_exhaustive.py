@@ -55,6 +55,8 @@ def problems(draw, chain: bool, solver: str = "highs"):
 def _check(problem):
     expected = exhaustive_best(problem)
     result = solve_ilp(problem)
+    if expected is not None:
+        assert result.lower_bound <= expected * (1 + 1e-9), (result.lower_bound, expected)
     if expected is None:
         assert result.assignment is None and result.solve.status == "infeasible", result.solve
         return

@@ -1,0 +1,132 @@
+"""Planner benchmarks (issue 3).
+
+1. Quality: on the heterogeneous sample cluster (2x A100 + 2x V100 + T4, two nodes on
+   InfiniBand) and the GPT sample, the ILP's predicted throughput against the `params`
+   (DeepSpeed) and `greedy` (torchgpipe) baselines, for several micro-batch sizes (small
+   ones are launch-overhead bound, where every device looks alike; large ones compute
+   bound, where device speed matters).
+2. Speed: wall time of `pipeplan plan` (a fresh process: load, price, baselines, ILP) on
+   the 1.6 B-parameter, 48-block GPT graph over 16 H100s (two nodes of 8, NVLink4 inside,
+   InfiniBand NDR between) and 64 (eight nodes), median of `--repeat` runs, with the
+   solver's status and gap. The `dp` baseline's wall time is the peer measured alongside.
+
+    python bench/bench_plan.py [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "samples" / "models"
+CLUSTERS = ROOT / "samples" / "clusters"
+
+
+def quality() -> list[dict]:
+    from planner.api import plan
+    from planner.config import PlanConfig
+    from planner.shapes import ShapeBindings
+
+    rows = []
+    for batch in (8, 64, 256, 1024, 4096):
+        p = plan(
+            MODELS / "gpt.onnx", CLUSTERS / "hetero.yaml", PlanConfig(), ShapeBindings(batch=batch)
+        )
+        by = {b.strategy: b for b in p.baselines}
+        rows.append(
+            {
+                "microbatch_size": batch,
+                "ilp_samples_per_s": round(p.predicted.throughput_samples_per_s, 1),
+                "params_samples_per_s": round(by["params"].throughput_samples_per_s, 1),
+                "greedy_samples_per_s": round(by["greedy"].throughput_samples_per_s, 1),
+                "ilp_over_params": round(
+                    p.predicted.throughput_samples_per_s / by["params"].throughput_samples_per_s, 3
+                ),
+                "ilp_over_greedy": round(
+                    p.predicted.throughput_samples_per_s / by["greedy"].throughput_samples_per_s, 3
+                ),
+                "ilp_stages": len(p.stages),
+                "status": p.solver.status,
+            }
+        )
+    return rows
+
+
+def timed_plan(cluster: str, strategy: str) -> tuple[float, dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "plan.json"
+        start = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "planner.cli",
+                "plan",
+                str(MODELS / "gpt_xl.onnx"),
+                "--cluster",
+                str(CLUSTERS / cluster),
+                "--batch",
+                "1",
+                "--strategy",
+                strategy,
+                "--time-limit",
+                "60",
+                "-o",
+                str(out),
+            ],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+        )
+        seconds = time.perf_counter() - start
+        return seconds, json.loads(out.read_text())
+
+
+def speed(repeat: int) -> list[dict]:
+    rows = []
+    for cluster, goal in (("h100x16.yaml", 10.0), ("h100x64.yaml", 60.0)):
+        ilp_times, dp_times, last = [], [], None
+        for _ in range(repeat):
+            seconds, last = timed_plan(cluster, "ilp")
+            ilp_times.append(seconds)
+            dp_times.append(timed_plan(cluster, "dp")[0])
+        wall = statistics.median(ilp_times)
+        rows.append(
+            {
+                "cluster": cluster,
+                "devices": sum(len(n["devices"]) for n in last["cluster"]["nodes"]),
+                "ilp_wall_s_median": round(wall, 2),
+                "dp_wall_s_median": round(statistics.median(dp_times), 2),
+                "ilp_over_dp_wall": round(wall / statistics.median(dp_times), 2),
+                "solver_s": round(last["solver"]["seconds"], 2),
+                "status": last["solver"]["status"],
+                "gap": last["solver"]["gap"],
+                "variables": last["solver"]["variables"],
+                "constraints": last["solver"]["constraints"],
+                "stages": len(last["stages"]),
+                "iteration_ms": round(last["predicted"]["iteration_ms"], 3),
+                "goal_s": goal,
+                "met": wall <= goal,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    print(
+        json.dumps({"quality_hetero_gpt": quality(), "speed_gpt_xl": speed(args.repeat)}, indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()
