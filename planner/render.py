@@ -9,8 +9,8 @@ from planner.fmt import nbytes, si
 
 
 def wide_console() -> Console:
-    """A console at least 120 columns wide, so tables stay readable when piped."""
-    return Console(width=max(Console().width, 120))
+    """A console at least 160 columns wide, so tables stay readable when piped."""
+    return Console(width=max(Console().width, 160))
 
 
 def print_inspect(report, *, show_nodes: bool = False, console: Console | None = None) -> None:

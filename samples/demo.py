@@ -1,0 +1,63 @@
+"""pipeplan's demo on the bundled GPT sample: each step is a real `pipeplan` command.
+
+    bash demo.sh            # sets up .venv, then runs this
+    python -m samples.demo  # inside the venv
+
+Steps: inspect the model; plan it on a heterogeneous GPU cluster and on two local CPU
+processes. (Later steps -- simulate, export, run on two processes -- join as they land.)
+Outputs go to `out/demo/`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "out" / "demo"
+MODEL = "samples/models/gpt.onnx"
+
+
+def step(title: str, *args: str) -> None:
+    print(f"\n=== {title}\n$ pipeplan {shlex.join(args)}", flush=True)
+    result = subprocess.run([sys.executable, "-m", "planner.cli", *args], cwd=ROOT)
+    if result.returncode != 0:
+        sys.exit(f"demo step failed ({title}): exit {result.returncode}")
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    rel = OUT.relative_to(ROOT)
+    step("1. inspect: layers, FLOPs, parameters, activations", "inspect", MODEL, "--batch", "8")
+    step("2. the cluster: two nodes, three GPU kinds", "cluster", "samples/clusters/hetero.yaml")
+    step(
+        "3. plan for the heterogeneous GPUs (ILP, proven optimal under the cost model)",
+        "plan",
+        MODEL,
+        "--cluster",
+        "samples/clusters/hetero.yaml",
+        "--batch",
+        "1024",
+        "-o",
+        str(rel / "plan_hetero.json"),
+    )
+    step(
+        "4. plan for two local CPU processes (what the runner executes)",
+        "plan",
+        MODEL,
+        "--cluster",
+        "samples/clusters/cpu2.yaml",
+        "--batch",
+        "8",
+        "--stages",
+        "2",
+        "-o",
+        str(rel / "plan_cpu2.json"),
+    )
+    print(f"\ndemo done: plans in {rel}/")
+
+
+if __name__ == "__main__":
+    main()
