@@ -373,3 +373,27 @@ def test_single_layer_grouping_is_total(net_files):
     mg = load_graph(files["dynamo"], ShapeBindings(batch=2))
     lg = group_layers(mg, max_layer_share=1.0)
     assert sum(len(layer.nodes) for layer in lg.layers) == len(mg.op_nodes)
+
+
+@pytest.mark.parametrize("style", ["tf2onnx", "paddle2onnx"])
+def test_foreign_exporter_dimension_styles(tmp_path, net_files, style):
+    """tf2onnx names free dims 'unk__N'; paddle2onnx writes -1: both bind like any other."""
+    _, files = net_files
+    model = onnx.load(str(files["torchscript"]))
+    for vi in list(model.graph.input) + list(model.graph.output):
+        d = vi.type.tensor_type.shape.dim[0]
+        d.Clear()
+        if style == "tf2onnx":
+            d.dim_param = "unk__12"
+        else:
+            d.dim_value = -1
+    model.producer_name = style
+    path = tmp_path / f"{style}.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(PipeplanError, match="in0"):
+        load_graph(path)
+    assert load_graph(path, ShapeBindings(batch=6)).tensors["out"].shape == (6, 4)
+    assert load_graph(path, ShapeBindings(input_shapes={"in0": (6, 16)})).tensors["out"].shape == (
+        6,
+        4,
+    )
