@@ -223,8 +223,29 @@ def plan(
 
 @app.command()
 @guarded
+def export(
+    model: Annotated[str, typer.Argument(help="The ONNX model the plan was made for.")],
+    plan_file: Annotated[
+        str, typer.Argument(metavar="PLAN.json", help="A plan from `pipeplan plan`.")
+    ],
+    output: Annotated[str, typer.Option("-o", "--output", help="Bundle folder to create.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the bundle folder if it exists.")
+    ] = False,
+) -> None:
+    """Cut the model along the plan: one runnable ONNX per stage plus manifest.json."""
+    from exporters.bundle import export as export_bundle
+
+    manifest = export_bundle(model, plan_file, output, force=force)
+    from planner.render import print_manifest
+
+    print_manifest(manifest, output)
+
+
+@app.command()
+@guarded
 def schema(
-    name: Annotated[str, typer.Argument(help="plan, cluster or inspect.")],
+    name: Annotated[str, typer.Argument(help="plan, manifest, cluster or inspect.")],
 ) -> None:
     """Print the JSON Schema of a pipeplan file format."""
     import json

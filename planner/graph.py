@@ -191,7 +191,7 @@ def load_graph(path: str | os.PathLike[str], bindings: ShapeBindings | None = No
                     _np_to_onnx(constants[node.output[0]]),
                 )
     nodes = list(g.node)
-    names = _unique_node_names(nodes)
+    names = unique_node_names(nodes)
     params = _find_params(nodes, names, g.initializer, constant_tensors)
     folded = _folded_nodes(
         nodes, names, set(params), initializer_names | set(constants) | set(constant_tensors)
@@ -342,7 +342,8 @@ def _constant_value(node: onnx.NodeProto):
     return None
 
 
-def _unique_node_names(nodes) -> list[str]:
+def unique_node_names(nodes) -> list[str]:
+    """Node names as the planner uses them: the ONNX name, or `<op>_<index>`, made unique."""
     seen: dict[str, int] = {}
     names = []
     for i, node in enumerate(nodes):

@@ -22,10 +22,17 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
             handle.write(text)
             if not text.endswith("\n"):
                 handle.write("\n")
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: str | os.PathLike[str], text: str) -> None:
@@ -45,10 +52,11 @@ def config_from_options(model: type[BaseModel], **options) -> BaseModel:
 
 def schema_of(name: str) -> dict:
     from cost.cluster import Cluster
+    from exporters.manifest import Manifest
     from planner.inspection import InspectReport
     from planner.plan_model import Plan
 
-    models = {"plan": Plan, "cluster": Cluster, "inspect": InspectReport}
+    models = {"plan": Plan, "manifest": Manifest, "cluster": Cluster, "inspect": InspectReport}
     if name not in models:
         raise PipeplanError(f"unknown schema '{name}' (choose from {', '.join(models)})")
     return models[name].model_json_schema()

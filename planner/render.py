@@ -173,3 +173,28 @@ def print_plan(plan, output: str | None = None, console: Console | None = None) 
         )
     if output:
         console.print(f"wrote {output}")
+
+
+def print_manifest(manifest, bundle: str, console: Console | None = None) -> None:
+    console = console or wide_console()
+    table = Table(header_style="bold", title=f"{bundle}: weights {manifest.weights}")
+    for col in ("stage", "file", "device", "nodes", "params", "inputs", "outputs", "relays"):
+        table.add_column(col)
+    for st in manifest.stages:
+        table.add_row(
+            str(st.index),
+            st.file,
+            f"{st.device} {st.device_kind}",
+            str(st.nodes),
+            si(st.param_count),
+            ", ".join(t.name for t in st.inputs)[:48],
+            ", ".join(t.name for t in st.outputs)[:48],
+            ", ".join(r.tensor for r in st.relays)[:32] or "-",
+        )
+    console.print(table)
+    if manifest.shared_weights:
+        console.print(
+            "shared weights: "
+            + "; ".join(f"{w.name} on stages {w.stages}" for w in manifest.shared_weights)
+        )
+    console.print(f"wrote {bundle}/manifest.json and {len(manifest.stages)} stage models")

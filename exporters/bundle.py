@@ -1,0 +1,219 @@
+"""`export`: model + plan -> a bundle of stage models and a manifest, written atomically.
+
+The bundle is assembled in a temporary folder beside the target and renamed into place at
+the end, so a failure at any point leaves no partial bundle behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import onnx
+
+from cost.tensor import dtype_name
+from exporters.manifest import Manifest, Relay, SharedWeight, StageFile, TensorSpec
+from exporters.stages import cut_stages, stage_model
+from exporters.weights import relocate_weights
+from planner.errors import PipeplanError
+from planner.graph import ModelGraph, load_graph
+from planner.io import current_umask, write_text_atomic
+from planner.plan_model import Plan
+from planner.shapes import ShapeBindings
+
+
+def _bindings(plan: Plan) -> ShapeBindings:
+    b = plan.bindings or {}
+    return ShapeBindings(
+        dims=dict(b.get("dims") or {}),
+        batch=b.get("batch"),
+        input_shapes={k: tuple(v) for k, v in (b.get("input_shapes") or {}).items()},
+    )
+
+
+def load_plan(path: str | os.PathLike[str]) -> Plan:
+    from pydantic import ValidationError
+
+    p = Path(path)
+    if not p.exists():
+        raise PipeplanError(f"plan file not found: {p}")
+    try:
+        return Plan.model_validate_json(p.read_text())
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise PipeplanError(f"invalid plan {p}: {where}: {first['msg']}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PipeplanError(f"invalid plan {p}: {str(exc).splitlines()[0]}") from None
+
+
+def _spec(mg: ModelGraph, name: str, **extra) -> TensorSpec:
+    info = mg.tensors.get(name)
+    return TensorSpec(
+        name=name,
+        shape=list(info.shape) if info is not None and info.shape is not None else None,
+        dtype=dtype_name(info.dtype) if info is not None else "unknown",
+        **extra,
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export(
+    model: str | os.PathLike[str],
+    plan: Plan | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    force: bool = False,
+) -> Manifest:
+    """Write `out_dir/stage_<i>.onnx` for every stage and `out_dir/manifest.json`."""
+    if not isinstance(plan, Plan):
+        plan = load_plan(plan)
+    target = Path(out_dir)
+    if target.exists() and not force:
+        raise PipeplanError(f"output folder exists: {target} (pass --force to replace it)")
+    if not target.parent.exists():
+        raise PipeplanError(f"output folder's parent does not exist: {target.parent}")
+    mg = load_graph(model, _bindings(plan))
+    if mg.graph_hash != plan.model.graph_hash:
+        raise PipeplanError(
+            f"the plan was made for another graph (plan hash {plan.model.graph_hash}, model {mg.graph_hash})"
+        )
+    stages = cut_stages(mg, plan)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    try:
+        manifest = _write_bundle(mg, plan, stages, tmp, Path(model).parent)
+        write_text_atomic(tmp / "manifest.json", manifest.model_dump_json(indent=2))
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_bundle(mg: ModelGraph, plan: Plan, stages, out: Path, source_dir: Path) -> Manifest:
+    route_sources: dict[tuple[str, int], int] = {}
+    route_dests: dict[tuple[str, int], list[int]] = {}
+    for r in plan.routing.forward:
+        route_sources[(r.tensor, r.dst_stage)] = r.src_stage
+        route_dests.setdefault((r.tensor, r.src_stage), []).append(r.dst_stage)
+    files = []
+    present_all = True
+    param_stages: dict[str, list[int]] = {}
+    for stage, st_plan in zip(stages, plan.stages, strict=True):
+        name = f"stage_{stage.index}.onnx"
+        data_name = f"{name}.data"
+        inits, wrote, present = relocate_weights(stage.initializers, source_dir, out, data_name)
+        present_all = present_all and present
+        proto = stage_model(mg, stage, inits)
+        path = out / name
+        onnx.save(proto, str(path))
+        _check(path, proto, present)
+        params = sorted(
+            t.name
+            for t in stage.initializers
+            if t.name in mg.params and mg.params[t.name].trainable
+        )
+        for p in params:
+            param_stages.setdefault(p, []).append(stage.index)
+        outputs = []
+        for t in stage.outputs:
+            dests = ["graph"] if t in mg.outputs else []
+            dests += [f"stage {d}" for d in route_dests.get((t, stage.index), [])]
+            outputs.append(_spec(mg, t, destinations=dests))
+        files.append(
+            StageFile(
+                index=stage.index,
+                file=name,
+                data_file=data_name if wrote or not present else None,
+                sha256=_sha256(path),
+                device=st_plan.device,
+                device_kind=st_plan.device_kind,
+                inputs=[
+                    _spec(
+                        mg,
+                        t,
+                        source="graph"
+                        if t in mg.inputs
+                        else f"stage {route_sources[(t, stage.index)]}",
+                    )
+                    for t in stage.inputs
+                ],
+                outputs=outputs,
+                relays=[
+                    Relay(
+                        tensor=t,
+                        from_stage=a,
+                        to_stage=b,
+                        shape=_spec(mg, t).shape,
+                        dtype=_spec(mg, t).dtype,
+                    )
+                    for t, a, b in stage.relays
+                ],
+                parameters=params,
+                param_count=sum(mg.params[p].numel for p in params),
+                nodes=len(stage.nodes),
+            )
+        )
+    shared = [SharedWeight(name=p, stages=s) for p, s in sorted(param_stages.items()) if len(s) > 1]
+    try:
+        version = metadata.version("pipeplan")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    return Manifest(
+        pipeplan_version=version,
+        model_path=str(mg.path),
+        graph_hash=mg.graph_hash,
+        microbatch_size=plan.model.microbatch_size,
+        microbatches=plan.config.microbatches,
+        weights="present" if (present_all and mg.has_weights) else "absent",
+        cluster=plan.cluster,
+        graph_inputs=[_spec(mg, t, source="graph") for t in mg.inputs],
+        graph_outputs=[_spec(mg, t, destinations=["graph"]) for t in mg.outputs],
+        stages=files,
+        routing=plan.routing,
+        shared_weights=shared,
+        schedule=plan.schedule.model_dump()
+        if getattr(plan, "schedule", None) is not None
+        else None,
+        plan_config=plan.config.model_dump(),
+    )
+
+
+def _check(path: Path, proto: onnx.ModelProto, weights_present: bool) -> None:
+    """Full ONNX check; a weight-less stage is checked with empty placeholder data files."""
+    try:
+        if weights_present:
+            onnx.checker.check_model(str(path), full_check=True)
+            return
+        with tempfile.TemporaryDirectory() as scratch:
+            copy = Path(scratch) / path.name
+            shutil.copyfile(path, copy)
+            for t in proto.graph.initializer:
+                for e in t.external_data:
+                    if e.key == "location":
+                        (Path(scratch) / e.value).touch()
+            onnx.checker.check_model(str(copy), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise PipeplanError(
+            f"stage model {path.name} fails the ONNX checker: {str(exc).splitlines()[0]}"
+        ) from None

@@ -1,0 +1,81 @@
+"""manifest.json: what a runner needs besides the stage models (pydantic, versioned).
+
+`pipeplan schema manifest` prints its JSON Schema. Shapes are per micro-batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from cost.cluster import Cluster
+from planner.plan_model import Routing
+
+MANIFEST_VERSION = 1
+
+
+class TensorSpec(BaseModel):
+    name: str
+    shape: list[int] | None
+    dtype: str
+    source: str = Field("", description="inputs: 'graph' or 'stage <k>'")
+    destinations: list[str] = Field(
+        default_factory=list, description="outputs: 'graph' and/or 'stage <k>'"
+    )
+
+
+class Relay(BaseModel):
+    """A tensor this stage receives and forwards untouched (a skip connection crossing it)."""
+
+    tensor: str
+    from_stage: int
+    to_stage: int
+    shape: list[int] | None
+    dtype: str
+
+
+class StageFile(BaseModel):
+    index: int
+    file: str = Field(description="ONNX file of this stage, relative to the bundle")
+    data_file: str | None = Field(
+        None, description="its external weight file, when weights are external"
+    )
+    sha256: str = Field(description="hash of the stage file, checked by the runner")
+    device: str
+    device_kind: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    relays: list[Relay] = Field(default_factory=list)
+    parameters: list[str] = Field(description="trainable weights held by this stage")
+    param_count: int
+    nodes: int
+
+
+class SharedWeight(BaseModel):
+    name: str
+    stages: list[int] = Field(
+        description="stages holding a copy; their gradients must be all-reduced"
+    )
+
+
+class Manifest(BaseModel):
+    manifest_version: int = MANIFEST_VERSION
+    pipeplan_version: str
+    model_path: str
+    graph_hash: str
+    microbatch_size: int
+    microbatches: int
+    weights: Literal["present", "absent"] = Field(
+        description="absent: the source model had no weight data; stage files reference weight files that do not exist"
+    )
+    cluster: Cluster
+    graph_inputs: list[TensorSpec]
+    graph_outputs: list[TensorSpec]
+    stages: list[StageFile]
+    routing: Routing
+    shared_weights: list[SharedWeight]
+    schedule: dict[str, Any] | None = Field(
+        None, description="the plan's schedule: kind, microbatches, actions per device"
+    )
+    plan_config: dict[str, Any]

@@ -1,0 +1,180 @@
+"""Cut an ONNX model into one standalone model per pipeline stage.
+
+A stage model holds the plan's operators for that stage plus what they need that is
+static: Constant nodes are copied, folded shape arithmetic is replaced by its value
+(an initializer: shapes are bound per micro-batch, so a stage model has fixed shapes),
+or, where the value is unknown, the folded subgraph itself is copied. Its inputs are the
+graph inputs it reads and the tensors routed to it; its outputs are the graph outputs it
+writes and the tensors it sends on. It keeps exactly the initializers it uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import helper, numpy_helper
+
+from planner.errors import PipeplanError
+from planner.graph import ModelGraph, unique_node_names
+from planner.plan_model import Plan
+
+
+@dataclass
+class StageGraph:
+    """The pieces of one stage model, before weights are written."""
+
+    index: int
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]  # copied from the source (possibly external)
+    folded_values: list[onnx.TensorProto]  # new, inline: values of folded shape arithmetic
+    inputs: list[str]
+    outputs: list[str]
+    relays: list[tuple[str, int, int]] = field(default_factory=list)  # tensor, from, to
+
+
+def cut_stages(mg: ModelGraph, plan: Plan) -> list[StageGraph]:
+    """Split `mg.model` along `plan` (which must have been made for this graph)."""
+    source = mg.model.graph
+    names = unique_node_names(source.node)
+    by_name = dict(zip(names, source.node, strict=True))
+    producer = {}
+    for name, node in by_name.items():
+        for out in node.output:
+            if out:
+                producer[out] = name
+    folded = {n for n, d in mg.graph.nodes(data=True) if d["folded"]}
+    initializers = {t.name: t for t in source.initializer}
+    graph_inputs = set(mg.inputs)
+    graph_outputs = set(mg.outputs)
+    received: dict[int, set[str]] = {}
+    sent: dict[int, set[str]] = {}
+    relays: dict[int, list[tuple[str, int, int]]] = {}
+    for route in plan.routing.forward:
+        received.setdefault(route.dst_stage, set()).add(route.tensor)
+        if route.origin_stage == route.src_stage:
+            sent.setdefault(route.src_stage, set()).add(route.tensor)
+        else:
+            relays.setdefault(route.src_stage, []).append(
+                (route.tensor, route.src_stage - 1, route.dst_stage)
+            )
+    stages = []
+    for st in plan.stages:
+        missing = [n for n in st.nodes if n not in by_name]
+        if missing:
+            raise PipeplanError(
+                f"plan stage {st.index} names node '{missing[0]}', which the model does not have"
+            )
+        working = list(st.nodes)
+        included: list[str] = []
+        included_set: set[str] = set()
+        folded_values: dict[str, onnx.TensorProto] = {}
+        available = graph_inputs | received.get(st.index, set())
+
+        def need_static(tensor: str, stage_index: int = st.index) -> None:
+            """Make a static tensor available in this stage (see module docstring)."""
+            if tensor in initializers or tensor in folded_values:
+                return
+            node_name = producer.get(tensor)
+            if node_name is None or node_name in included_set:
+                return
+            node = by_name[node_name]
+            if node.op_type == "Constant" or tensor not in mg.constants:
+                for inp in node.input:
+                    if not inp:
+                        continue
+                    if inp in available or (producer.get(inp) in included_set):
+                        continue
+                    if producer.get(inp) in folded or inp in initializers:
+                        need_static(inp)
+                    else:
+                        raise PipeplanError(
+                            f"stage {stage_index}: shape arithmetic needs '{inp}', which is neither "
+                            "computed in the stage nor routed to it"
+                        )
+                included.append(node_name)
+                included_set.add(node_name)
+                return
+            value = mg.constants[tensor]
+            folded_values[tensor] = numpy_helper.from_array(value, tensor)
+
+        for name in working:
+            included_set.add(name)
+        for name in working:
+            for inp in by_name[name].input:
+                if inp and producer.get(inp) in folded:
+                    need_static(inp)
+        order = {n: i for i, n in enumerate(names)}
+        all_nodes = sorted(set(included) | set(working), key=order.__getitem__)
+        produced = {o for n in all_nodes for o in by_name[n].output if o}
+        consumed = [i for n in all_nodes for i in by_name[n].input if i]
+        inputs, used_inits = [], []
+        for t in dict.fromkeys(consumed):
+            if t in produced or t in folded_values:
+                continue
+            if t in initializers:
+                used_inits.append(initializers[t])
+                continue
+            if t in available:
+                inputs.append(t)
+                continue
+            raise PipeplanError(
+                f"stage {st.index} consumes '{t}', which is neither produced there, a graph input, "
+                "nor routed to it: the plan does not match this model"
+            )
+        outputs = [
+            t
+            for t in dict.fromkeys(o for n in all_nodes for o in by_name[n].output if o)
+            if t in graph_outputs or t in sent.get(st.index, set())
+        ]
+        stages.append(
+            StageGraph(
+                index=st.index,
+                nodes=[by_name[n] for n in all_nodes],
+                initializers=used_inits,
+                folded_values=list(folded_values.values()),
+                inputs=inputs,
+                outputs=outputs,
+                relays=relays.get(st.index, []),
+            )
+        )
+    return stages
+
+
+def value_info(mg: ModelGraph, name: str) -> onnx.ValueInfoProto:
+    info = mg.tensors.get(name)
+    if info is None or info.shape is None:
+        return helper.make_tensor_value_info(
+            name, info.dtype if info else onnx.TensorProto.FLOAT, None
+        )
+    return helper.make_tensor_value_info(name, info.dtype, list(info.shape))
+
+
+def stage_model(
+    mg: ModelGraph, stage: StageGraph, initializers: list[onnx.TensorProto]
+) -> onnx.ModelProto:
+    """A standalone ModelProto for `stage` with the given (already relocated) initializers."""
+    src = mg.model
+    nodes = [onnx.NodeProto() for _ in stage.nodes]
+    for copy, node in zip(nodes, stage.nodes, strict=True):
+        copy.CopyFrom(node)
+    inner = {o for n in stage.nodes for o in n.output if o} - set(stage.outputs)
+    graph = helper.make_graph(
+        nodes,
+        f"{src.graph.name or 'model'}_stage{stage.index}",
+        [value_info(mg, t) for t in stage.inputs],
+        [value_info(mg, t) for t in stage.outputs],
+        initializer=[*initializers, *stage.folded_values],
+        value_info=[
+            value_info(mg, t)
+            for t in sorted(inner)
+            if t in mg.tensors and mg.tensors[t].shape is not None
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=list(src.opset_import), producer_name="pipeplan")
+    model.ir_version = src.ir_version
+    used_functions = {(n.domain, n.op_type) for n in stage.nodes}
+    for fn in src.functions:
+        if (fn.domain, fn.name) in used_functions:
+            model.functions.append(fn)
+    return model
