@@ -58,87 +58,107 @@ def cut_stages(mg: ModelGraph, plan: Plan) -> list[StageGraph]:
             relays.setdefault(route.src_stage, []).append(
                 (route.tensor, route.src_stage - 1, route.dst_stage)
             )
-    stages = []
-    for st in plan.stages:
-        missing = [n for n in st.nodes if n not in by_name]
-        if missing:
-            raise PipeplanError(
-                f"plan stage {st.index} names node '{missing[0]}', which the model does not have"
-            )
-        working = list(st.nodes)
-        included: list[str] = []
-        included_set: set[str] = set()
-        folded_values: dict[str, onnx.TensorProto] = {}
-        available = graph_inputs | received.get(st.index, set())
+    ctx = _Context(mg, by_name, producer, folded, initializers, names)
+    return [
+        _cut_one(
+            ctx,
+            st.index,
+            list(st.nodes),
+            graph_inputs | received.get(st.index, set()),
+            sent.get(st.index, set()),
+            relays.get(st.index, []),
+        )
+        for st in plan.stages
+    ]
 
-        def need_static(tensor: str, stage_index: int = st.index) -> None:
-            """Make a static tensor available in this stage (see module docstring)."""
-            if tensor in initializers or tensor in folded_values:
-                return
-            node_name = producer.get(tensor)
-            if node_name is None or node_name in included_set:
-                return
-            node = by_name[node_name]
-            if node.op_type == "Constant" or tensor not in mg.constants:
-                for inp in node.input:
-                    if not inp:
-                        continue
-                    if inp in available or (producer.get(inp) in included_set):
-                        continue
-                    if producer.get(inp) in folded or inp in initializers:
-                        need_static(inp)
-                    else:
-                        raise PipeplanError(
-                            f"stage {stage_index}: shape arithmetic needs '{inp}', which is neither "
-                            "computed in the stage nor routed to it"
-                        )
-                included.append(node_name)
-                included_set.add(node_name)
-                return
-            value = mg.constants[tensor]
-            folded_values[tensor] = numpy_helper.from_array(value, tensor)
 
-        for name in working:
-            included_set.add(name)
-        for name in working:
-            for inp in by_name[name].input:
-                if inp and producer.get(inp) in folded:
-                    need_static(inp)
-        order = {n: i for i, n in enumerate(names)}
-        all_nodes = sorted(set(included) | set(working), key=order.__getitem__)
-        produced = {o for n in all_nodes for o in by_name[n].output if o}
-        consumed = [i for n in all_nodes for i in by_name[n].input if i]
-        inputs, used_inits = [], []
-        for t in dict.fromkeys(consumed):
-            if t in produced or t in folded_values:
+@dataclass
+class _Context:
+    mg: ModelGraph
+    by_name: dict[str, onnx.NodeProto]
+    producer: dict[str, str]
+    folded: set[str]
+    initializers: dict[str, onnx.TensorProto]
+    names: list[str]
+
+
+def _cut_one(
+    ctx: _Context,
+    index: int,
+    working: list[str],
+    available: set[str],
+    sent: set[str],
+    relays: list[tuple[str, int, int]],
+) -> StageGraph:
+    mg, by_name, producer = ctx.mg, ctx.by_name, ctx.producer
+    missing = [n for n in working if n not in by_name]
+    if missing:
+        raise PipeplanError(
+            f"plan stage {index} names node '{missing[0]}', which the model does not have"
+        )
+    included: list[str] = []
+    included_set: set[str] = set(working)
+    folded_values: dict[str, onnx.TensorProto] = {}
+
+    def need_static(tensor: str) -> None:
+        """Make a static tensor available in this stage (see module docstring)."""
+        if tensor in ctx.initializers or tensor in folded_values:
+            return
+        node_name = producer.get(tensor)
+        if node_name is None or node_name in included_set:
+            return
+        node = by_name[node_name]
+        if node.op_type != "Constant" and tensor in mg.constants:
+            folded_values[tensor] = numpy_helper.from_array(mg.constants[tensor], tensor)
+            return
+        for inp in node.input:
+            if not inp or inp in available or producer.get(inp) in included_set:
                 continue
-            if t in initializers:
-                used_inits.append(initializers[t])
-                continue
-            if t in available:
-                inputs.append(t)
-                continue
+            if producer.get(inp) in ctx.folded or inp in ctx.initializers:
+                need_static(inp)
+            else:
+                raise PipeplanError(
+                    f"stage {index}: shape arithmetic needs '{inp}', which is neither "
+                    "computed in the stage nor routed to it"
+                )
+        included.append(node_name)
+        included_set.add(node_name)
+
+    for name in working:
+        for inp in by_name[name].input:
+            if inp and producer.get(inp) in ctx.folded:
+                need_static(inp)
+    order = {n: i for i, n in enumerate(ctx.names)}
+    all_nodes = sorted(set(included) | set(working), key=order.__getitem__)
+    produced = {o for n in all_nodes for o in by_name[n].output if o}
+    consumed = [i for n in all_nodes for i in by_name[n].input if i]
+    inputs, used_inits = [], []
+    for t in dict.fromkeys(consumed):
+        if t in produced or t in folded_values:
+            continue
+        if t in ctx.initializers:
+            used_inits.append(ctx.initializers[t])
+        elif t in available:
+            inputs.append(t)
+        else:
             raise PipeplanError(
-                f"stage {st.index} consumes '{t}', which is neither produced there, a graph input, "
+                f"stage {index} consumes '{t}', which is neither produced there, a graph input, "
                 "nor routed to it: the plan does not match this model"
             )
-        outputs = [
-            t
-            for t in dict.fromkeys(o for n in all_nodes for o in by_name[n].output if o)
-            if t in graph_outputs or t in sent.get(st.index, set())
-        ]
-        stages.append(
-            StageGraph(
-                index=st.index,
-                nodes=[by_name[n] for n in all_nodes],
-                initializers=used_inits,
-                folded_values=list(folded_values.values()),
-                inputs=inputs,
-                outputs=outputs,
-                relays=relays.get(st.index, []),
-            )
-        )
-    return stages
+    outputs = [
+        t
+        for t in dict.fromkeys(o for n in all_nodes for o in by_name[n].output if o)
+        if t in mg.outputs or t in sent
+    ]
+    return StageGraph(
+        index=index,
+        nodes=[by_name[n] for n in all_nodes],
+        initializers=used_inits,
+        folded_values=list(folded_values.values()),
+        inputs=inputs,
+        outputs=outputs,
+        relays=relays,
+    )
 
 
 def value_info(mg: ModelGraph, name: str) -> onnx.ValueInfoProto:
