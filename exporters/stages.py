@@ -46,7 +46,6 @@ def cut_stages(mg: ModelGraph, plan: Plan) -> list[StageGraph]:
     folded = {n for n, d in mg.graph.nodes(data=True) if d["folded"]}
     initializers = {t.name: t for t in source.initializer}
     graph_inputs = set(mg.inputs)
-    graph_outputs = set(mg.outputs)
     received: dict[int, set[str]] = {}
     sent: dict[int, set[str]] = {}
     relays: dict[int, list[tuple[str, int, int]]] = {}

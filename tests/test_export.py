@@ -216,9 +216,12 @@ def test_export_is_atomic(tmp_path, monkeypatch):
 
 def test_cli_export_and_errors(tmp_path):
     plan_file = tmp_path / "plan.json"
-    run = lambda *a: subprocess.run(
-        [sys.executable, "-m", "planner.cli", *a], capture_output=True, text=True, cwd=ROOT
-    )  # noqa: E731
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "planner.cli", *args], capture_output=True, text=True, cwd=ROOT
+        )
+
     r = run(
         "plan",
         sample("gpt"),
