@@ -17,7 +17,8 @@ mixed Adam 2      2      12 (master,m,v)  16
 Activations: each stage keeps, per micro-batch in flight, the tensors its operators saved
 for backward. How many micro-batches are in flight is the schedule's business:
 GPipe keeps all `m`; 1F1B (PipeDream-Flush, Narayanan et al., SPAA 2021) keeps
-`min(p - i, m)` on stage `i` of `p`. With full recomputation (Chen et al., "Training Deep
+`min(p - i, m)` on stage `i` of `p`; ZB-H1 (Qi et al., ICLR 2024) keeps `min(p, m)` on every
+stage (1F1B's peak: activations live until the deferred weight gradient). With full recomputation (Chen et al., "Training Deep
 Nets with Sublinear Memory Cost", 2016) a stage keeps only its input per micro-batch in
 flight, plus one micro-batch's full activations while it recomputes.
 """
@@ -47,11 +48,26 @@ def in_flight_microbatches(schedule: str, stage: int, stages: int, microbatches:
     """Micro-batches whose activations a stage holds at its peak."""
     if schedule == "gpipe":
         return microbatches
-    if schedule in ("1f1b", "zb", "interleaved"):
+    if schedule in ("1f1b", "interleaved"):
         return min(stages - stage, microbatches)
+    if schedule == "zb":
+        # ZB-H1 keeps every stage at the first stage's 1F1B level: activations live until W.
+        return min(stages, microbatches)
     if schedule == "infer":
         return 1
     raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def in_flight_from_end(schedule: str, from_end: int, microbatches: int, max_stages: int) -> int:
+    """In-flight micro-batches of the stage `from_end` places before the last (0 = last).
+
+    Counted from the end, 1F1B's min(p - s, m) is min(from_end + 1, m) whatever p is,
+    which lets a planner price stages before it knows p. ZB-H1's min(p, m) does depend
+    on p: `max_stages` bounds it from above (safe for memory).
+    """
+    if schedule == "zb":
+        return min(max_stages, microbatches)
+    return in_flight_microbatches(schedule, 0, from_end + 1, microbatches)
 
 
 @dataclass(frozen=True)

@@ -192,9 +192,7 @@ def _write_bundle(mg: ModelGraph, plan: Plan, stages, out: Path, source_dir: Pat
         stages=files,
         routing=plan.routing,
         shared_weights=shared,
-        schedule=plan.schedule.model_dump()
-        if getattr(plan, "schedule", None) is not None
-        else None,
+        schedule=plan.schedule,
         plan_config=plan.config.model_dump(),
     )
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from cost.cluster import Cluster
 from planner.plan_model import Routing
+from planner.schedule.actions import Schedule
 
 MANIFEST_VERSION = 1
 
@@ -75,7 +76,7 @@ class Manifest(BaseModel):
     stages: list[StageFile]
     routing: Routing
     shared_weights: list[SharedWeight]
-    schedule: dict[str, Any] | None = Field(
+    schedule: Schedule | None = Field(
         None, description="the plan's schedule: kind, microbatches, actions per device"
     )
     plan_config: dict[str, Any]

@@ -9,20 +9,25 @@ from cost.cluster import Cluster, load_cluster
 from cost.tensor import dtype_name
 from planner.baselines import BASELINES
 from planner.config import PlanConfig
-from planner.errors import PipeplanError
+from planner.errors import DoesNotFitError, PipeplanError
 from planner.fitting import explain_does_not_fit
+from planner.fmt import nbytes
 from planner.graph import ModelGraph
 from planner.ilp import solve_ilp
 from planner.inspection import load_model
 from planner.layers import LayerGraph
 from planner.objective import Assignment, Evaluation, check_assignment, evaluate
+from planner.pipeline import TimedPipeline, schedule_plan, stage_memory
 from planner.plan_model import (
     BaselineRow,
+    DeviceTimeline,
     ModelInfo,
     Plan,
     Predicted,
     Route,
     Routing,
+    ScheduleTrial,
+    Simulation,
     SolverReport,
     StagePlan,
     TensorRef,
@@ -55,6 +60,31 @@ def plan_graph(
     mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: PlanConfig, bindings: ShapeBindings
 ) -> Plan:
     """Plan an already loaded model (what-if sweeps reuse one load for many clusters)."""
+    if not config.auto_microbatches:
+        return _plan_once(mg, lg, cluster, config, bindings)
+    first = _plan_once(
+        mg, lg, cluster, config.model_copy(update={"auto_microbatches": False}), bindings
+    )
+    p = len({s.device for s in first.stages})
+    m = max(1, min(MAX_AUTO_MICROBATCHES, 9 * (p - 1)))
+    last_error: DoesNotFitError | None = None
+    while m >= 1:
+        try:
+            return _plan_once(
+                mg, lg, cluster, config.model_copy(update={"microbatches": m}), bindings
+            )
+        except DoesNotFitError as exc:
+            last_error = exc
+            m //= 2
+    raise last_error if last_error else DoesNotFitError("no micro-batch count fits")
+
+
+MAX_AUTO_MICROBATCHES = 64
+
+
+def _plan_once(
+    mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: PlanConfig, bindings: ShapeBindings
+) -> Plan:
     _check_settings(lg, cluster, config)
     problem = build_problem(mg, lg, cluster, config)
     rows: list[BaselineRow] = []
@@ -118,6 +148,32 @@ def plan_graph(
     return _to_plan(mg, lg, problem, a, ev, report, rows, bindings)
 
 
+def _timed(problem: Problem, a: Assignment) -> tuple[TimedPipeline, list[TimedPipeline]]:
+    """Simulate the schedule(s) asked for on split `a`; the fastest that fits wins."""
+    cfg = problem.config
+    kinds = ["1f1b", "zb", "interleaved", "gpipe"] if cfg.schedule == "auto" else [cfg.schedule]
+    tried: list[TimedPipeline] = []
+    for kind in kinds:
+        try:
+            tried.append(schedule_plan(problem, a, kind, cfg.virtual_stages))
+        except ValueError as exc:
+            if len(kinds) == 1:
+                raise PipeplanError(
+                    f"cannot build a {kind} schedule for this plan: {exc}"
+                ) from None
+    fitting = [t for t in tried if t.fits]
+    if not fitting:
+        t = min(tried, key=lambda t: max(t.peak_memory[d] - t.capacity[d] for d in t.capacity))
+        d = max(t.capacity, key=lambda d: t.peak_memory[d] - t.capacity[d])
+        short = t.peak_memory[d] - t.capacity[d]
+        raise DoesNotFitError(
+            f"model does not fit with the {t.kind} schedule: device {d} peaks at {nbytes(t.peak_memory[d])} "
+            f"of {nbytes(t.capacity[d])} usable, short by {nbytes(short)} ({short} bytes); "
+            "try --schedule 1f1b, --recompute or fewer micro-batches"
+        )
+    return min(fitting, key=lambda t: t.sim.iteration_s), tried
+
+
 def _deficit(ev: Evaluation) -> float:
     return max(s.memory_bytes - s.capacity_bytes for s in ev.stages)
 
@@ -136,8 +192,6 @@ def _check_settings(lg: LayerGraph, cluster: Cluster, config: PlanConfig) -> Non
             raise PipeplanError(
                 f"{config.stages} stages asked for, but the cluster has only {cluster.num_devices} devices"
             )
-    if config.schedule in ("interleaved", "zb") and config.strategy == "ilp":
-        pass  # priced like 1F1B here (same activation memory); the schedule issue refines it
 
 
 def microbatch_size(mg: ModelGraph) -> int:
@@ -201,8 +255,12 @@ def _to_plan(
 ) -> Plan:
     config = problem.config
     cluster = problem.cluster
+    analytic = ev
+    timed, tried = _timed(problem, a)
+    a, ev = timed.assignment, timed.evaluation
     stages = []
     graph_inputs = {t: set(ls) for t, ls in lg.input_consumers.items()}
+    memory = stage_memory(problem, a, ev)
     for st in ev.stages:
         layers = [lg.layers[i] for i in st.layers]
         params = {p for layer in layers for p in layer.params}
@@ -230,6 +288,7 @@ def _to_plan(
                 graph_outputs=sorted(t for t, li in lg.output_producers.items() if li in st.layers),
                 forward_ms=st.forward_s * 1e3,
                 backward_ms=st.backward_s * 1e3,
+                weight_grad_ms=st.weight_grad_s * 1e3,
                 compute_ms=st.compute_s * 1e3,
                 send_ms=st.send_s * 1e3,
                 grad_send_ms=st.grad_send_s * 1e3,
@@ -237,6 +296,8 @@ def _to_plan(
                 params_state_bytes=st.params_state_bytes,
                 activation_bytes=st.activation_bytes,
                 in_flight_microbatches=st.in_flight,
+                static_memory_bytes=memory[st.index][0],
+                activation_bytes_per_microbatch=memory[st.index][1],
                 peak_memory_bytes=st.memory_bytes,
                 memory_capacity_bytes=st.capacity_bytes,
                 device_memory_bytes=spec.memory_bytes,
@@ -247,13 +308,37 @@ def _to_plan(
         )
     mb = microbatch_size(mg)
     samples = mb * (config.microbatches if config.objective == "throughput" else 1)
+    sim = timed.sim
     predicted = Predicted(
-        iteration_ms=ev.iteration_s * 1e3,
-        throughput_samples_per_s=samples / ev.iteration_s if ev.iteration_s > 0 else 0.0,
+        schedule=timed.kind,
+        iteration_ms=sim.iteration_s * 1e3,
+        throughput_samples_per_s=samples / sim.iteration_s if sim.iteration_s > 0 else 0.0,
         bottleneck_ms=ev.bottleneck_s * 1e3,
         bottleneck=ev.bottleneck,
-        bubble_fraction=ev.bubble_fraction,
+        bubble_fraction=sim.bubble_fraction,
         global_batch=samples,
+        analytic_iteration_ms=analytic.iteration_s * 1e3,
+    )
+    simulation = Simulation(
+        per_device=[
+            DeviceTimeline(
+                device=d,
+                busy_ms=sim.per_device[d].busy_s * 1e3,
+                idle_ms=sim.per_device[d].idle_s * 1e3,
+                peak_memory_bytes=timed.peak_memory.get(d, 0),
+                memory_capacity_bytes=timed.capacity[d],
+            )
+            for d in timed.capacity
+        ],
+        tried=[
+            ScheduleTrial(
+                kind=t.kind,
+                virtual_stages=t.virtual_stages,
+                iteration_ms=t.sim.iteration_s * 1e3,
+                fits=t.fits,
+            )
+            for t in tried
+        ],
     )
     info = ModelInfo(
         path=str(Path(mg.path)),
@@ -281,17 +366,24 @@ def _to_plan(
         routing=_routing(mg, problem, a, ev),
         predicted=predicted,
         solver=report,
+        simulation=simulation,
+        schedule=timed.schedule,
         baselines=rows,
-        explanation=_explain(problem, a, ev, report, rows),
+        explanation=_explain(problem, a, ev, report, rows, timed),
         warnings=list(mg.warnings),
     )
 
 
 def _explain(
-    problem: Problem, a: Assignment, ev: Evaluation, report: SolverReport, rows: list[BaselineRow]
+    problem: Problem,
+    a: Assignment,
+    ev: Evaluation,
+    report: SolverReport,
+    rows: list[BaselineRow],
+    timed: TimedPipeline,
 ) -> list[str]:
     lines = []
-    used = a.num_stages
+    used = len(set(a.devices))
     total = problem.num_devices
     lines.append(
         f"{used} of {total} devices used"
@@ -302,14 +394,25 @@ def _explain(
         )
     )
     lines.append(
-        f"bottleneck: {ev.bottleneck} at {ev.bottleneck_s * 1e3:.3f} ms per micro-batch; bubble {ev.bubble_fraction:.1%}"
+        f"bottleneck: {ev.bottleneck} at {ev.bottleneck_s * 1e3:.3f} ms per micro-batch; "
+        f"simulated bubble {timed.sim.bubble_fraction:.1%}"
     )
     fitting = [r for r in rows if r.fits]
-    if fitting and ev.iteration_s > 0:
+    if fitting and report.objective:
         best = min(fitting, key=lambda r: r.iteration_ms)
         lines.append(
-            f"{report.strategy} gives {best.iteration_ms / (ev.iteration_s * 1e3):.2f}x the throughput of the best "
-            f"baseline ({best.strategy}, {best.iteration_ms:.3f} ms per iteration)"
+            f"{report.strategy} gives {best.iteration_ms / (report.objective * 1e3):.2f}x the throughput of the best "
+            f"baseline ({best.strategy}, {best.iteration_ms:.3f} ms per iteration, closed form)"
+        )
+    if problem.training:
+        lines.append(
+            f"schedule {timed.kind}"
+            + (
+                f" with {timed.virtual_stages} chunks per device"
+                if timed.kind == "interleaved"
+                else ""
+            )
+            + f": simulated {timed.sim.iteration_s * 1e3:.3f} ms per iteration"
         )
     tight = [s for s in ev.stages if s.memory_bytes > 0.9 * s.capacity_bytes]
     if tight:

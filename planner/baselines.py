@@ -20,7 +20,7 @@ import bisect
 import itertools
 from collections.abc import Callable, Sequence
 
-from cost.memory import in_flight_microbatches
+from cost.memory import in_flight_from_end
 from planner.objective import Assignment, evaluate
 from planner.problem import Problem
 
@@ -165,14 +165,14 @@ def dp(problem: Problem) -> Assignment:
     )
     shared_total = sum(sp.state_bytes for sp in problem.shared)
     capacity = problem.capacity(g)
-    schedule = cfg.schedule if training else "infer"
+    schedule = cfg.pricing_schedule if training else "infer"
     max_p = cfg.stages or min(len(devices_all), n)
     inf = float("inf")
 
     def seg_ok(i: int, j: int, rev: int) -> bool:
         # Reverse index rev = p - 1 - s, so 1F1B's in-flight count min(p - s, m) = min(rev + 1, m)
         # does not depend on p: one table serves every stage count.
-        flight = in_flight_microbatches(schedule, 0, rev + 1, cfg.microbatches) if training else 1
+        flight = in_flight_from_end(schedule, rev, cfg.microbatches, max_p) if training else 1
         mem = state[j] - state[i] + flight * (acts[j] - acts[i]) + shared_total
         return mem <= capacity
 

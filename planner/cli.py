@@ -151,9 +151,25 @@ def plan(
     batch: BatchOpt = None,
     input_shape: InputShapeOpt = None,
     microbatches: Annotated[
-        int, typer.Option("--microbatches", "-m", help="Micro-batches per iteration.")
-    ] = 8,
-    schedule: Annotated[str, typer.Option("--schedule", help="1f1b or gpipe.")] = "1f1b",
+        str,
+        typer.Option(
+            "--microbatches",
+            "-m",
+            help="Micro-batches per iteration, or auto (bubble <= 10%, fits memory).",
+        ),
+    ] = "8",
+    schedule: Annotated[
+        str,
+        typer.Option(
+            "--schedule", help="gpipe, 1f1b, interleaved, zb, or auto (fastest that fits)."
+        ),
+    ] = "1f1b",
+    virtual_stages: Annotated[
+        int,
+        typer.Option(
+            "--virtual-stages", help="Model chunks per device for --schedule interleaved."
+        ),
+    ] = 2,
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16.")] = "fp32",
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd, momentum or adam.")] = "adam",
     recompute: Annotated[
@@ -188,9 +204,12 @@ def plan(
     from planner.config import PlanConfig
     from planner.io import config_from_options, write_json_atomic
 
+    auto_m = microbatches.strip().lower() == "auto"
     config = config_from_options(
         PlanConfig,
-        microbatches=microbatches,
+        microbatches=8 if auto_m else microbatches,
+        auto_microbatches=auto_m,
+        virtual_stages=virtual_stages,
         schedule=schedule,
         dtype=dtype,
         optimizer=optimizer,
@@ -219,6 +238,33 @@ def plan(
     from planner.render import print_plan
 
     print_plan(result, output)
+
+
+@app.command()
+@guarded
+def simulate(
+    plan_file: Annotated[
+        str, typer.Argument(metavar="PLAN.json", help="A plan from `pipeplan plan`.")
+    ],
+    trace: Annotated[
+        str | None,
+        typer.Option("--trace", help="Write a Chrome trace (Perfetto, chrome://tracing)."),
+    ] = None,
+    png: Annotated[
+        str | None, typer.Option("--png", help="Write a timeline PNG (Gantt and memory).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Simulate a plan's pipeline schedule: iteration time, bubble, busy/idle and memory per device."""
+    from planner.simulate_plan import simulate_plan
+
+    report = simulate_plan(plan_file, trace=trace, png=png)
+    if json_out:
+        print(report.model_dump_json(indent=2))
+        return
+    from planner.render import print_simulation
+
+    print_simulation(report, trace=trace, png=png)
 
 
 @app.command()

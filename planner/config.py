@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Schedule = Literal["1f1b", "gpipe", "interleaved", "zb"]
+Schedule = Literal["1f1b", "gpipe", "interleaved", "zb", "auto"]
 Strategy = Literal["ilp", "uniform", "params", "greedy", "dp"]
 Objective = Literal["throughput", "latency"]
 Dtype = Literal["fp32", "bf16", "fp16"]
@@ -23,7 +23,16 @@ class PlanConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     microbatches: int = Field(8, description="micro-batches per iteration (m)")
-    schedule: Schedule = Field("1f1b", description="pipeline schedule the plan is priced for")
+    schedule: Schedule = Field(
+        "1f1b", description="pipeline schedule; auto: the fastest that fits memory"
+    )
+    virtual_stages: int = Field(
+        2, description="model chunks per device for the interleaved schedule"
+    )
+    auto_microbatches: bool = Field(
+        False,
+        description="choose the micro-batch count: bubble <= 10% (m >= 9(p - 1)), at most 64, fitting memory",
+    )
     dtype: Dtype = Field("fp32", description="compute and activation precision")
     optimizer: Optimizer = Field("adam", description="optimizer whose state each stage holds")
     recompute: bool = Field(False, description="full activation recomputation per stage")
@@ -46,6 +55,18 @@ class PlanConfig(BaseModel):
         if v < 1:
             raise ValueError(f"microbatches must be at least 1 (got {v})")
         return v
+
+    @field_validator("virtual_stages")
+    @classmethod
+    def _virtual(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"virtual stages must be at least 1 (got {v})")
+        return v
+
+    @property
+    def pricing_schedule(self) -> str:
+        """The schedule the partitioner prices memory for (auto and interleaved: 1F1B)."""
+        return "1f1b" if self.schedule in ("auto", "interleaved") else self.schedule
 
     @field_validator("time_limit_s")
     @classmethod

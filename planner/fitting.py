@@ -10,7 +10,7 @@ Jeon et al., SoCC 2020).
 
 from __future__ import annotations
 
-from cost.memory import in_flight_microbatches
+from cost.memory import in_flight_from_end
 from planner.errors import DoesNotFitError
 from planner.fmt import nbytes
 from planner.objective import Evaluation
@@ -33,7 +33,7 @@ def min_stages_to_fit(problem: Problem, group: int) -> int | None:
     """Fewest stages on devices like `group`'s that hold the model, or None if none can."""
     cfg = problem.config
     training = problem.training
-    schedule = cfg.schedule if training else "infer"
+    schedule = cfg.pricing_schedule if training else "infer"
     capacity = problem.capacity(group)
     layers = problem.layers
     cut = _cut_bytes(problem)
@@ -43,7 +43,7 @@ def min_stages_to_fit(problem: Problem, group: int) -> int | None:
             shared_of.setdefault(layer, []).append(sp)
 
     def stage_bytes(i: int, j: int, rev: int) -> float:
-        flight = in_flight_microbatches(schedule, 0, rev + 1, cfg.microbatches) if training else 1
+        flight = in_flight_from_end(schedule, rev, cfg.microbatches, len(layers)) if training else 1
         state = sum(layer.state_bytes + layer.buffer_bytes for layer in layers[i:j])
         shared = {
             sp.name: sp.state_bytes for layer in range(i, j) for sp in shared_of.get(layer, [])

@@ -115,6 +115,7 @@ class ModelGraph:
     graph_hash: str
     symbols: dict[str, int]
     has_weights: bool
+    param_like: set[str] = field(default_factory=set)  # params and their reshaped/transposed views
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -205,6 +206,7 @@ def load_graph(path: str | os.PathLike[str], bindings: ShapeBindings | None = No
         filled = fallback_shapes(nodes, tensors, constants)
         if not filled and len(constants) == known:
             break
+    param_like = _param_views(nodes, names, set(params), folded, set(constants) | initializer_names)
 
     graph = nx.DiGraph()
     producer_of: dict[str, str] = {}
@@ -220,7 +222,7 @@ def load_graph(path: str | os.PathLike[str], bindings: ShapeBindings | None = No
             op_type = (
                 node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
             )
-            param_positions = frozenset(i for i, t in enumerate(node.input) if t in params)
+            param_positions = frozenset(i for i, t in enumerate(node.input) if t in param_like)
             opnode = OpNode(
                 op_type=op_type,
                 domain=node.domain,
@@ -286,6 +288,7 @@ def load_graph(path: str | os.PathLike[str], bindings: ShapeBindings | None = No
         graph_hash=graph_hash(model),
         symbols=symbols,
         has_weights=has_weights,
+        param_like=param_like,
         warnings=warnings,
     )
 
@@ -409,6 +412,29 @@ def _find_params(nodes, names, initializers, constant_tensors) -> dict[str, Para
                 tensor, shape, dtype, trainable, source, consumers=[n for n, _ in consumers]
             )
     return params
+
+
+#: Operators that only re-view a tensor: applied to a weight, their output is still the weight.
+VIEW_OPS = frozenset(
+    {"Transpose", "Cast", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Expand"}
+)
+
+
+def _param_views(nodes, names, params: set[str], folded: set[str], static: set[str]) -> set[str]:
+    """Parameters plus tensors that are views of them (`Transpose(W)` feeding a MatMul is W).
+
+    Exporters write `x @ W.T` as MatMul(x, Transpose(W)); pricing the MatMul must still know
+    its second operand is a weight (its gradient is a weight gradient, and it is not an
+    activation saved per micro-batch).
+    """
+    like = set(params)
+    for node, name in zip(nodes, names, strict=True):
+        if name in folded or node.op_type not in VIEW_OPS:
+            continue
+        data = [i for i in node.input if i]
+        if data and data[0] in like and all(i in like or i in static for i in data[1:]):
+            like.update(o for o in node.output if o)
+    return like
 
 
 def _folded_nodes(nodes, names, params: set[str], constant_like: set[str]) -> set[str]:

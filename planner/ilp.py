@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import pulp
 
-from cost.memory import in_flight_microbatches
+from cost.memory import in_flight_from_end
 from planner.bounds import lower_bound
 from planner.objective import Assignment, crossing_tensors, evaluate
 from planner.problem import Problem
@@ -93,7 +93,7 @@ def solve_ilp(problem: Problem, warm: Assignment | None = None) -> IlpResult:
     L = len(problem.layers)
     G = len(problem.groups)
     J = min(cfg.stages or problem.max_stages, problem.max_stages)
-    schedule = cfg.schedule if training else "infer"
+    schedule = cfg.pricing_schedule if training else "infer"
     flows = problem.flows
     lp = pulp.LpProblem("pipeline_partition", pulp.LpMinimize)
 
@@ -200,7 +200,7 @@ def solve_ilp(problem: Problem, warm: Assignment | None = None) -> IlpResult:
             for j in range(J):
                 lp += h[s, j] >= x[layer, j], f"shared_{s}_{layer}_{j}"
     for j in range(J):
-        flight = in_flight_microbatches(schedule, 0, j + 1, m) if training else 1
+        flight = in_flight_from_end(schedule, j, m, J) if training else 1
         terms = []
         for layer in problem.layers:
             act = (

@@ -329,7 +329,7 @@ def _fill_layer_costs(
                 saved.update(data["outputs"][:1])
             params.update(t for t in inputs if t in mg.params)
         for t in saved:
-            if t in mg.params or produced_by.get(t) in static_producers or t in mg.constants:
+            if t in mg.param_like or produced_by.get(t) in static_producers or t in mg.constants:
                 continue
             info = mg.tensors.get(t)
             layer.activation_bytes += info.nbytes if info else 0

@@ -58,6 +58,7 @@ class StageEval:
     layers: tuple[int, ...]
     forward_s: float
     backward_s: float
+    weight_grad_s: float  # part of backward_s (the W step of zero-bubble schedules)
     compute_s: float
     send_s: float  # activations to the next stage, per micro-batch
     grad_send_s: (
@@ -140,12 +141,13 @@ def evaluate(problem: Problem, a: Assignment) -> Evaluation:
                 link.transfer_seconds(flows[i].nbytes) for i in crossing[s] if flows[i].is_float
             )
     stages = []
-    schedule = cfg.schedule if training else "infer"
+    schedule = cfg.pricing_schedule if training else "infer"
     for s in range(p):
         g = groups[s]
         layers = a.layers_of(s)
         fwd = sum(problem.layers[layer].forward_s[g] for layer in layers)
         bwd = sum(problem.layers[layer].backward_s[g] for layer in layers) if training else 0.0
+        wgrad = sum(problem.layers[layer].weight_grad_s[g] for layer in layers) if training else 0.0
         layer_set = set(layers)
         state = sum(problem.layers[layer].state_bytes for layer in layers)
         state += sum(sp.state_bytes for sp in problem.shared if layer_set.intersection(sp.layers))
@@ -165,6 +167,7 @@ def evaluate(problem: Problem, a: Assignment) -> Evaluation:
                 layers=tuple(layers),
                 forward_s=fwd,
                 backward_s=bwd,
+                weight_grad_s=wgrad,
                 compute_s=fwd + bwd,
                 send_s=send[s],
                 grad_send_s=grad_send[s],

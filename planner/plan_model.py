@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from cost.cluster import Cluster
 from planner.config import PlanConfig
+from planner.schedule.actions import Schedule
 
 SCHEMA_VERSION = 1
 
@@ -50,6 +51,9 @@ class StagePlan(BaseModel):
     graph_outputs: list[str] = Field(description="graph outputs this stage writes")
     forward_ms: float
     backward_ms: float
+    weight_grad_ms: float = Field(
+        0.0, description="part of backward_ms computing weight gradients (W of zero-bubble)"
+    )
     compute_ms: float
     send_ms: float = Field(description="activations to the next stage per micro-batch")
     grad_send_ms: float = Field(description="gradients back from the next stage per micro-batch")
@@ -61,6 +65,10 @@ class StagePlan(BaseModel):
         description="saved activations at the peak, all in-flight micro-batches"
     )
     in_flight_microbatches: int
+    static_memory_bytes: int = Field(0, description="held all iteration (simulator input)")
+    activation_bytes_per_microbatch: int = Field(
+        0, description="allocated per micro-batch in flight (simulator input)"
+    )
     peak_memory_bytes: int
     memory_capacity_bytes: int = Field(description="usable capacity: device memory minus headroom")
     device_memory_bytes: int
@@ -87,12 +95,41 @@ class Routing(BaseModel):
 
 
 class Predicted(BaseModel):
+    """From the discrete-event simulator, for the chosen schedule."""
+
+    schedule: str = Field("", description="the schedule these figures are for")
     iteration_ms: float
     throughput_samples_per_s: float
-    bottleneck_ms: float
+    bottleneck_ms: float = Field(description="slowest stage or link per micro-batch (closed form)")
     bottleneck: str
-    bubble_fraction: float
+    bubble_fraction: float = Field(description="1 - busy device time / (devices x iteration time)")
     global_batch: int
+    analytic_iteration_ms: float = Field(
+        0.0,
+        description="the partitioner's closed-form iteration time for the same split (1F1B/GPipe form)",
+    )
+
+
+class DeviceTimeline(BaseModel):
+    device: str
+    busy_ms: float
+    idle_ms: float
+    peak_memory_bytes: int
+    memory_capacity_bytes: int
+
+
+class ScheduleTrial(BaseModel):
+    kind: str
+    virtual_stages: int
+    iteration_ms: float
+    fits: bool
+
+
+class Simulation(BaseModel):
+    per_device: list[DeviceTimeline]
+    tried: list[ScheduleTrial] = Field(
+        description="schedules simulated for this split (several with --schedule auto)"
+    )
 
 
 class SolverReport(BaseModel):
@@ -130,6 +167,8 @@ class Plan(BaseModel):
     routing: Routing
     predicted: Predicted
     solver: SolverReport
+    simulation: Simulation | None = None
+    schedule: Schedule | None = None
     baselines: list[BaselineRow] = Field(default_factory=list)
     explanation: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)

@@ -16,7 +16,7 @@ from cost.cluster import Cluster
 from cost.devices import DeviceSpec
 from cost.links import LinkSpec
 from cost.memory import bytes_per_param
-from cost.roofline import backward_seconds, dtype_bytes_scale, forward_seconds
+from cost.roofline import backward_seconds, dtype_bytes_scale, forward_seconds, weight_grad_fraction
 from planner.config import PlanConfig
 from planner.errors import PipeplanError
 from planner.graph import ModelGraph
@@ -41,6 +41,7 @@ class LayerCost:
     name: str
     forward_s: tuple[float, ...]  # per group
     backward_s: tuple[float, ...]  # per group
+    weight_grad_s: tuple[float, ...]  # per group: the part of backward_s computing weight gradients
     state_bytes: int  # weights + grads + optimizer state of parameters used by this layer only
     buffer_bytes: int
     activation_bytes: int  # saved for backward per micro-batch, at the plan's dtype
@@ -152,6 +153,10 @@ def build_problem(mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: Plan
         costs = [mg.cost(n) for n in layer.nodes]
         fwd = tuple(sum(forward_seconds(c, g.spec, dtype) for c in costs) for g in groups)
         bwd = tuple(sum(backward_seconds(c, g.spec, dtype) for c in costs) for g in groups)
+        wgrad = tuple(
+            sum(backward_seconds(c, g.spec, dtype) * weight_grad_fraction(c) for c in costs)
+            for g in groups
+        )
         own = [mg.params[p] for p in layer.params if p not in shared_names]
         state = sum(p.numel * per_param for p in own if p.trainable)
         layers.append(
@@ -160,6 +165,7 @@ def build_problem(mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: Plan
                 name=layer.name,
                 forward_s=fwd,
                 backward_s=bwd,
+                weight_grad_s=wgrad,
                 state_bytes=int(state),
                 buffer_bytes=int(sum(p.nbytes for p in own if not p.trainable) * scale),
                 activation_bytes=int(layer.activation_bytes * scale),

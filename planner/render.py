@@ -198,3 +198,30 @@ def print_manifest(manifest, bundle: str, console: Console | None = None) -> Non
             + "; ".join(f"{w.name} on stages {w.stages}" for w in manifest.shared_weights)
         )
     console.print(f"wrote {bundle}/manifest.json and {len(manifest.stages)} stage models")
+
+
+def print_simulation(report, *, trace=None, png=None, console: Console | None = None) -> None:
+    console = console or wide_console()
+    console.print(
+        f"[bold]{report.schedule}[/], {report.microbatches} micro-batches"
+        + (f", {report.virtual_stages} chunks per device" if report.virtual_stages > 1 else "")
+        + f": {report.iteration_ms:.3f} ms per iteration, {report.throughput_samples_per_s:,.1f} samples/s, "
+        f"bubble {report.bubble_fraction:.1%}"
+    )
+    table = Table(header_style="bold")
+    for col in ("device", "busy ms", "idle ms", "busy", "peak memory", "usable"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+    for d in report.per_device:
+        total = d.busy_ms + d.idle_ms
+        table.add_row(
+            d.device,
+            f"{d.busy_ms:.3f}",
+            f"{d.idle_ms:.3f}",
+            f"{d.busy_ms / total:.0%}" if total else "-",
+            nbytes(d.peak_memory_bytes),
+            nbytes(d.memory_capacity_bytes),
+        )
+    console.print(table)
+    for label, path in (("trace", trace), ("timeline", png)):
+        if path:
+            console.print(f"wrote {label} {path}")

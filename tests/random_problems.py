@@ -49,6 +49,7 @@ def make_problem(
                 f"l{i}",
                 fwd,
                 tuple(2 * f for f in fwd),
+                tuple(f for f in fwd),
                 state_bytes[i],
                 0,
                 act_bytes[i],

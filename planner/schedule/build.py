@@ -263,3 +263,42 @@ def _check_complete(
         if doubled:
             parts.append("repeated " + ", ".join(_label(a) for a in doubled[:5]))
         raise ValueError(f"incomplete compute orders: {'; '.join(parts)}")
+
+
+def hoist_sends(schedule: Schedule) -> Schedule:
+    """Move every SEND up to just after the compute that produced its data.
+
+    `build_schedule` places a SEND where the receiver consumes it, which keeps the programs
+    deadlock-free even with blocking sends. A runner that posts sends asynchronously
+    (`isend`, `batch_isend_irecv`) should post them as soon as the data exists, so they
+    overlap with the compute that follows: this is that order. It is deadlock-free with
+    non-blocking sends and blocking receives (`check_schedule(..., semantics="eager")`),
+    since a SEND moved earlier never waits for anything.
+    """
+    actions: dict[str, list[Action]] = {}
+    for device, program in schedule.actions.items():
+        out: list[Action] = []
+        for action in program:
+            if action.op != "SEND":
+                out.append(action)
+                continue
+            producer = "F" if action.direction == "fwd" else "B"
+            position = len(out)
+            while position > 0:
+                prev = out[position - 1]
+                if (
+                    prev.op == producer
+                    and prev.microbatch == action.microbatch
+                    and prev.stage == action.stage
+                ):
+                    break
+                if (
+                    prev.op == "SEND"
+                    and prev.microbatch == action.microbatch
+                    and prev.stage == action.stage
+                ):
+                    break  # keep sends of one micro-batch in order
+                position -= 1
+            out.insert(position, action)
+        actions[device] = out
+    return schedule.model_copy(update={"actions": actions})
