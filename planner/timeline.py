@@ -22,6 +22,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from planner.io import current_umask
 from planner.schedule.actions import Schedule
 from planner.simulator import SimResult
 
@@ -277,6 +278,7 @@ def plot_timeline(
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=dpi)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
