@@ -370,7 +370,11 @@ def reduce(x, kind: str, axes=None, keepdims: int = 1, noop_with_empty_axes: int
             return x
         axes = list(range(x.dim()))
     axes = sorted(_axis(a, x.dim()) for a in axes)
-    k = bool(keepdims)
+    out = _reduce(x, kind, axes, bool(keepdims))
+    return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
+def _reduce(x, kind: str, axes: list[int], k: bool):
     if kind == "sum":
         return torch.sum(x, dim=axes, keepdim=k)
     if kind == "mean":
