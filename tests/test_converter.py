@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -848,3 +849,63 @@ def test_external_data_is_loaded_next_to_the_model(tmp_path):
         assert torch.equal(ours[name], ref[name])
     with pytest.raises(ValueError, match="weights"):
         convert(path, weights="zeros")
+
+
+def test_stage_files_convert_and_tied_weights_start_equal(tmp_path):
+    """GPT cut in 3 stages: every stage file converts to what onnxruntime computes, and
+    the embedding tied to the head gets the same seeded values in the first and last
+    stage files."""
+    from exporters.bundle import export
+    from planner.api import plan
+    from planner.config import PlanConfig
+    from planner.shapes import ShapeBindings
+
+    model = str(MODELS / "gpt.onnx")
+    p = plan(
+        model,
+        ROOT / "samples/clusters/a100x4.yaml",
+        PlanConfig(stages=3, time_limit_s=30),
+        ShapeBindings(batch=2),
+    )
+    manifest = export(model, p, tmp_path / "bundle")
+    seen: dict[str, list[torch.Tensor]] = {}
+    for st in manifest.stages:
+        path = tmp_path / "bundle" / st.file
+        gm = convert(path)
+        feeds = {}
+        for i in _session(path).get_inputs():
+            if "int" in i.type:
+                feeds[i.name] = RNG.integers(0, 128, i.shape).astype(np.int64)
+            else:
+                feeds[i.name] = RNG.standard_normal(i.shape).astype(np.float32)
+        _compare(_run_torch(gm, feeds), _session(path).run(None, feeds), atol=1e-4)
+        for name, value in _params(convert(path, weights="random", seed=3)).items():
+            seen.setdefault(name, []).append(value)
+    tied = {n: v for n, v in seen.items() if len(v) > 1}
+    assert "lm_head.weight" in tied
+    for name, values in tied.items():
+        assert all(torch.equal(values[0], v) for v in values[1:]), name
+
+
+def test_initializers_listed_as_graph_inputs_are_not_inputs():
+    w = numpy_helper.from_array(f32(4, 3), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "old",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    gm = convert(model)
+    assert gm.input_names == ["x"] and gm.output_names == ["y"]
+    assert set(gm.param_names) == {"w"}
+    feeds = {"x": f32(2, 4)}
+    _compare(_run_torch(gm, feeds), _session(model).run(None, feeds))
+    clone = copy.deepcopy(gm)
+    assert clone.param_names == gm.param_names and clone.input_names == ["x"]
+    _compare(_run_torch(clone, feeds), _session(model).run(None, feeds))

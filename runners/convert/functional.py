@@ -593,12 +593,15 @@ def one_hot(indices, depth, values, axis: int = -1):
 
 
 def constant_of_shape(shape, value: torch.Tensor):
-    return torch.full(ints(shape), value.reshape(-1)[0].item(), dtype=value.dtype)
+    device = shape.device if isinstance(shape, torch.Tensor) else value.device
+    return torch.full(ints(shape), value.reshape(-1)[0].item(), dtype=value.dtype, device=device)
 
 
 def range_(start, limit, delta):
-    dtype = start.dtype if isinstance(start, torch.Tensor) else None
-    return torch.arange(scalar(start), scalar(limit), scalar(delta), dtype=dtype)
+    ref = next((t for t in (start, limit, delta) if isinstance(t, torch.Tensor)), None)
+    dtype = ref.dtype if ref is not None else None
+    device = ref.device if ref is not None else None
+    return torch.arange(scalar(start), scalar(limit), scalar(delta), dtype=dtype, device=device)
 
 
 def where(cond, x, y):
@@ -761,7 +764,9 @@ def resize(
             shape = [1] * r
             shape[a] = n_out
             y = torch.where(
-                outside.reshape(shape), torch.tensor(extrapolation_value, dtype=y.dtype), y
+                outside.reshape(shape),
+                torch.tensor(extrapolation_value, dtype=y.dtype, device=y.device),
+                y,
             )
         x = y
     return x
