@@ -263,7 +263,7 @@ def table_rows(report: "WhatIfReport") -> tuple[list[str], list[list[str]]]:
         "bubble",
         "$/h",
         "samples/$",
-        "marginal gain /device",
+        "gain/device",
     ]
     cells = []
     for row in report.rows:
