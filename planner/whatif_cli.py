@@ -1,12 +1,14 @@
 """`pipeplan whatif`: the command, its table and its PNG.
 
-`planner/cli.py` ends with `from planner.whatif_cli import register; register(app)`.
-This module imports nothing from `planner.cli` at import time (that would be circular):
-`register` takes the helpers (`guarded`, `_bindings`, `_warn`, the shared option types)
-from `planner.cli` when it is called, at which point they are all defined. Heavy modules
-(the planner, matplotlib) are imported inside the command, as everywhere in the CLI. No `from __future__ import
-annotations` here: the command's option types are local to `register`, so its
-annotations must be evaluated where they are written.
+`planner/cli.py` calls `from planner.whatif_cli import register; register(app)` after
+its commands, before `if __name__ == "__main__": main()`. This module imports nothing
+from `planner.cli` at import time (that would be circular): `register` takes the helpers
+(`guarded`, `_bindings`, `_warn`, the shared option types) from the module that defines
+`app` when it is called (`planner.cli`, or `__main__` under `python -m planner.cli`), by
+which time they are all defined. Heavy modules (the planner, matplotlib) are imported
+inside the command, as everywhere in the CLI. No `from __future__ import annotations`
+here: the command's option types are local to `register`, so its annotations must be
+evaluated where they are written.
 """
 
 import os
@@ -28,7 +30,7 @@ def register(app: typer.Typer) -> None:
         for c in app.registered_commands
     ):
         return  # registered already
-    from planner import cli
+    cli = _module_of(app)
 
     guarded, DimOpt, BatchOpt = cli.guarded, cli.DimOpt, cli.BatchOpt
     InputShapeOpt, LayersOpt, LayerDepthOpt = cli.InputShapeOpt, cli.LayersOpt, cli.LayerDepthOpt
@@ -192,6 +194,17 @@ def register(app: typer.Typer) -> None:
             print(report.model_dump_json(indent=2))
             return
         print_whatif(report, png)
+
+
+def _module_of(app: typer.Typer):
+    """The module defining `app` and the shared helpers: `planner.cli`, or `__main__` when
+    run as `python -m planner.cli` (importing `planner.cli` again would make a second copy)."""
+    for module in list(sys.modules.values()):
+        if getattr(module, "app", None) is app and hasattr(module, "guarded"):
+            return module
+    from planner import cli
+
+    return cli
 
 
 def _check_png_target(path: str) -> None:
