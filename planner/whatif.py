@@ -131,7 +131,9 @@ class WhatIfReport(BaseModel):
     cluster: str = Field(description="the given cluster's summary")
     config: PlanConfig
     bindings: dict
-    data_parallel: bool = True
+    data_parallel: bool = Field(
+        True, description="replica layouts tried (never for --objective latency)"
+    )
     scaling: str = Field(
         "weak", description="weak: each replica runs the given global batch; strong: it is split"
     )
@@ -372,7 +374,7 @@ def whatif(
             "batch": bindings.batch,
             "input_shapes": {k: list(v) for k, v in bindings.input_shapes.items()},
         },
-        data_parallel=data_parallel,
+        data_parallel=data_parallel and config.training,
         scaling=scaling,
         rows=rows,
         warnings=list(mg.warnings),
