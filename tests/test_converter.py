@@ -362,6 +362,20 @@ def _cases() -> list[Case]:
         )
     )
     add(Case("GlobalAveragePool", 11, [img]))
+    ceil = {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}
+    odd = f32(1, 2, 5, 5)
+    add(Case("AveragePool", 19, [odd], {**ceil, "pads": [1] * 4}, id="AvgPool-ceil-pads"))
+    add(
+        Case(
+            "AveragePool",
+            19,
+            [odd],
+            {**ceil, "pads": [1, 0, 0, 1], "count_include_pad": 1},
+            id="AvgPool-ceil-asym",
+        )
+    )
+    add(Case("MaxPool", 12, [odd], {**ceil, "pads": [1] * 4}, id="MaxPool-ceil-pads"))
+    add(Case("MaxPool", 12, [odd], {**ceil, "pads": [1, 0, 0, 1]}, id="MaxPool-ceil-asym"))
     add(Case("GlobalMaxPool", 11, [img]))
     # reductions: axes attribute vs input
     for op, attr_until in [
@@ -739,6 +753,50 @@ def test_torch_exports_match_onnxruntime(tmp_path, dynamo, opset):
     with torch.no_grad():
         expect = net(torch.from_numpy(feeds[gm.input_names[0]]))
     torch.testing.assert_close(_run_torch(gm, feeds)[0], expect, atol=1e-4, rtol=1e-4)
+
+
+class _Misc(nn.Module):
+    """Strided conv, GroupNorm, PReLU, bilinear upsampling, reflect pad, strided slicing,
+    ConvTranspose, hardswish/silu, cumsum, avg-pool without pads counted, topk, embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.convt = nn.ConvTranspose2d(4, 3, 4, stride=2, padding=1)
+        self.gn = nn.GroupNorm(2, 4)
+        self.prelu = nn.PReLU()
+        self.emb = nn.Embedding(10, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        F = nn.functional
+        y = self.prelu(self.gn(self.conv(x)))
+        y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+        y = F.pad(y, (1, 2, 0, 1), mode="reflect")
+        z = self.convt(y[:, :, 1:-1:2, ::2])
+        z = F.hardswish(z) + F.silu(z) + torch.cumsum(z, dim=3)
+        z = F.avg_pool2d(z, 3, stride=2, padding=1, count_include_pad=False)
+        t = z.mean(dim=(2, 3))
+        ids = (t.abs() * 3).long().clamp(0, 9)
+        top = torch.topk(t, 2, dim=1).values.sum(1, keepdim=True)
+        return top + self.emb(ids).sum((1, 2)).unsqueeze(1) + F.elu(t)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_torch_export_misc_ops(tmp_path, opset):
+    from tests.exporting import export
+
+    torch.manual_seed(0)
+    net = _Misc()
+    x = torch.randn(2, 3, 16, 16)
+    path = export(net, (x,), tmp_path / "misc.onnx", opset=opset)
+    gm = convert(path)
+    feeds = {gm.input_names[0]: f32(2, 3, 16, 16)}
+    ref = _session(path).run(None, feeds)
+    assert np.abs(ref[0]).max() > 0.1
+    _compare(_run_torch(gm, feeds), ref, atol=1e-4)
+    gm(torch.from_numpy(feeds[gm.input_names[0]]))[0].sum().backward()
+    for name, path_ in gm.param_names.items():
+        assert gm.get_parameter(path_).grad is not None, name
 
 
 # ----------------------------------------------------------------------------- gradients

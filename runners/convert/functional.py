@@ -293,6 +293,22 @@ def conv_transpose(
 
 
 _MAXPOOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+
+
+def _ceil_crop(y, in_sizes, pads, kernel, strides, dilations):
+    """Drop ceil-mode windows that start in the end padding (torch and onnxruntime do)."""
+    nd = len(kernel)
+    index = [slice(None), slice(None)]
+    for i in range(nd):
+        n, pb, pe = in_sizes[i], pads[i], pads[i + nd]
+        k = (kernel[i] - 1) * dilations[i] + 1
+        out = -(-(n + pb + pe - k) // strides[i]) + 1
+        if (out - 1) * strides[i] >= n + pb:
+            out -= 1
+        index.append(slice(0, out))
+    return y[tuple(index)]
+
+
 _AVGPOOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
@@ -305,9 +321,12 @@ def max_pool(x, kernel, strides, pads, dilations, ceil_mode: int = 0, auto_pad_m
             list(x.shape[2:]), kernel, ints(strides), ints(dilations), auto_pad_mode == "SAME_UPPER"
         )
     pads = ints(pads) or [0] * (2 * nd)
+    strides, dilations = ints(strides) or [1] * nd, ints(dilations) or [1] * nd
+    in_sizes = list(x.shape[2:])
     if any(pads):
         x = F.pad(x, _torch_pad_list(pads), value=float("-inf"))
-    return _MAXPOOL[nd](x, kernel, ints(strides), 0, ints(dilations), bool(ceil_mode))
+    y = _MAXPOOL[nd](x, kernel, strides, 0, dilations, bool(ceil_mode))
+    return _ceil_crop(y, in_sizes, pads, kernel, strides, dilations) if ceil_mode else y
 
 
 def _sum_pool(x, kernel: list[int], strides: list[int], ceil_mode: bool):
@@ -339,7 +358,10 @@ def avg_pool(
     ones = F.pad(ones, tpads, value=1.0 if count_include_pad else 0.0)
     total = _sum_pool(xp, kernel, strides, bool(ceil_mode))
     count = _sum_pool(ones, kernel, strides, bool(ceil_mode))
-    return total / count
+    y = total / count
+    if ceil_mode:
+        y = _ceil_crop(y, list(x.shape[2:]), pads, kernel, strides, [1] * nd)
+    return y
 
 
 def lp_pool(x, kernel, strides, pads, p: int = 2):

@@ -483,7 +483,7 @@ def _layer_norm(c: NodeCtx):
     n = _n_out(c)
     shape = c.shape(0)
     if n == 1 and shape is not None:
-        norm_shape = shape[axis:] if axis < 0 else shape[axis:]
+        norm_shape = shape[axis:]
         s_shape = c.shape(1)
         b_shape = c.shape(2) if bias is not None else norm_shape
         if _static_shape(norm_shape) and s_shape == norm_shape and b_shape == norm_shape:
