@@ -32,6 +32,27 @@ ones for normalisation scales and 1-D ``*weight``/``*scale``/``*gamma``, zeros f
 normalisation biases and 1-D ``*bias``/``*beta`` (see ``runners/convert/weights.py``). The
 same initializer name gets the same values in every stage file, so tied weights start
 equal.
+
+Operators (``runners.convert.ops.HANDLERS``), attribute and input forms of opsets 11-21:
+elementwise math/logic (Add Sub Mul Div Pow Mod, comparisons, And/Or/Xor/Not, Where,
+Max/Min/Sum/Mean, Abs Neg Exp Log Sqrt Reciprocal Floor Ceil Round Sign IsNaN IsInf, trig),
+activations (Relu LeakyRelu PRelu Elu Celu Selu Gelu Sigmoid HardSigmoid HardSwish Mish
+Softplus Softsign ThresholdedRelu Clip Erf Tanh), Softmax/LogSoftmax/Hardmax (2-D
+semantics before opset 13), MatMul Gemm Einsum, Conv/ConvTranspose (1-3-D, groups,
+dilations, asymmetric and auto pads, output_shape), Max/Average/Lp/Global pools,
+Batch/Layer/Group/Instance/Lp/MeanVariance normalisation, Reduce*, ArgMax/ArgMin, TopK,
+CumSum, Gather/GatherElements/GatherND/ScatterND/ScatterElements/OneHot/NonZero, Shape,
+Size, Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Expand, Tile, Concat, Split,
+Slice (negative steps), Cast/CastLike, Dropout, Identity, Constant, ConstantOfShape, Range,
+Trilu, Pad (constant/reflect/edge/wrap, axes), Resize/Upsample (nearest and linear, all
+coordinate modes but cubic). Anything else raises ``NotImplementedError("ONNX op X
+(opset N) is not supported by pipeplan's converter")``.
+
+Known gaps: control flow (If/Loop/Scan), sequences, strings, quantized and non-default
+domain ops; MaxPool's Indices output; AveragePool dilations; Resize cubic/antialias;
+GatherND batch_dims; a run-time Dropout training_mode. Gather from a 2-D parameter on
+axis 0 is ``F.embedding`` (negative ids are not wrapped there). Shapes that are only known
+at run time (a dynamic batch read by Shape) go through helpers that call ``.tolist()``.
 """
 
 from __future__ import annotations

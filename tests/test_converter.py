@@ -301,6 +301,13 @@ def _cases() -> list[Case]:
         )
     )
     add(Case("InstanceNormalization", 6, [img, Const(f32(4)), Const(f32(4))]))
+    add(Case("LpNormalization", 1, [x345], {"axis": 1, "p": 1}))
+    add(Case("MeanVarianceNormalization", 13, [img]))
+    add(Case("LpPool", 18, [img], {"kernel_shape": [2, 2], "strides": [2, 2], "p": 2}))
+    add(Case("GlobalLpPool", 2, [img], {"p": 3}))
+    add(Case("ReduceLogSum", 13, [f32(3, 4, lo=0.1)], {"axes": [1]}))
+    for op in ["Tan", "Atan", "Sinh", "Cosh", "Asinh"]:
+        add(Case(op, 9, [x34]))
     # pooling
     add(Case("MaxPool", 12, [img], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1] * 4}))
     add(
