@@ -95,6 +95,7 @@ def export(
     try:
         manifest = _write_bundle(mg, plan, stages, tmp, Path(model).parent)
         write_text_atomic(tmp / "manifest.json", manifest.model_dump_json(indent=2))
+        write_text_atomic(tmp / "plan.json", plan.model_dump_json(indent=2))
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             if old.exists():

@@ -290,6 +290,70 @@ def export(
 
 @app.command()
 @guarded
+def run(
+    bundle: Annotated[
+        str, typer.Argument(metavar="BUNDLE_DIR", help="A bundle from `pipeplan export`.")
+    ],
+    nproc: Annotated[
+        int | None, typer.Option("--nproc", help="Processes (default: one per device of the plan).")
+    ] = None,
+    steps: Annotated[
+        int, typer.Option("--steps", help="Iterations to run (the first is warm-up).")
+    ] = 5,
+    mode: Annotated[str, typer.Option("--mode", help="train or infer.")] = "train",
+    backend: Annotated[str, typer.Option("--backend", help="gloo (CPU) or nccl (GPU).")] = "gloo",
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Compare outputs with onnxruntime or gradients with one process."
+        ),
+    ] = False,
+    report: Annotated[
+        str | None, typer.Option("--report", help="Write the run report (R.json).")
+    ] = None,
+    trace: Annotated[
+        str | None, typer.Option("--trace", help="Write a Chrome trace: measured and simulated.")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for synthetic data and absent weights.")
+    ] = 0,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Learning rate (default 1e-3 Adam, 0.05 SGD).")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help=".npz of arrays named after graph inputs (+ targets)."),
+    ] = None,
+) -> None:
+    """Execute a bundle on local processes with torchrun (gloo or NCCL), measured against the plan."""
+    from runners.launch import run as run_bundle
+
+    result = run_bundle(
+        bundle,
+        nproc=nproc,
+        steps=steps,
+        mode=mode,
+        backend=backend,
+        check=check,
+        seed=seed,
+        lr=lr,
+        data=data,
+        report=report,
+        trace=trace,
+    )
+    from planner.render import print_run
+
+    print_run(result, report=report, trace=trace)
+    if result.check is not None and not result.check.passed:
+        _fail(
+            f"check failed: {result.check.kind} differ by {result.check.max_rel_diff:.2e} (relative), "
+            f"tolerance {result.check.tolerance:.0e}",
+            1,
+        )
+
+
+@app.command()
+@guarded
 def schema(
     name: Annotated[str, typer.Argument(help="plan, manifest, cluster or inspect.")],
 ) -> None:

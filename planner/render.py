@@ -225,3 +225,45 @@ def print_simulation(report, *, trace=None, png=None, console: Console | None = 
     for label, path in (("trace", trace), ("timeline", png)):
         if path:
             console.print(f"wrote {label} {path}")
+
+
+def print_run(
+    result, *, report: str | None = None, trace: str | None = None, console: Console | None = None
+) -> None:
+    console = console or wide_console()
+    m = result.measured
+    console.print(
+        f"[bold]{result.mode}[/] {result.bundle}: {result.world_size} ranks ({result.backend}), {result.schedule}, "
+        f"{result.microbatches} x {result.microbatch_size} samples per step, {result.steps} steps"
+    )
+    table = Table(header_style="bold")
+    for col in ("stage", "device", "rank", "fwd ms/mb", "bwd ms/mb", "comm ms", "idle ms"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+    for st in m.per_stage:
+        table.add_row(
+            str(st.stage),
+            st.device,
+            str(st.rank),
+            f"{st.forward_ms:.3f}",
+            f"{st.backward_ms:.3f}",
+            f"{st.comm_ms:.3f}",
+            f"{st.idle_ms:.3f}",
+        )
+    console.print(table)
+    console.print(
+        f"measured {m.iteration_ms:.3f} ms per iteration (median), {m.throughput_samples_per_s:,.1f} samples/s; "
+        f"predicted {result.predicted_iteration_ms:.3f} ms; measured/predicted {result.measured_over_predicted:.2f}"
+    )
+    if result.losses:
+        console.print(
+            f"loss: {result.losses[0]:.4f} -> {result.losses[-1]:.4f} over {len(result.losses)} steps"
+        )
+    if result.check is not None:
+        c = result.check
+        console.print(
+            f"check {c.kind}: {'passed' if c.passed else 'FAILED'} (max abs {c.max_abs_diff:.2e}, "
+            f"max rel {c.max_rel_diff:.2e}, tolerance {c.tolerance:.0e}; {c.detail})"
+        )
+    for label, path in (("report", report), ("trace", trace)):
+        if path:
+            console.print(f"wrote {label} {path}")

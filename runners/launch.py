@@ -1,0 +1,304 @@
+"""`run`: execute a bundle on local processes with torchrun, and measure it.
+
+The launcher checks the bundle (manifest version, stage files against their hashes),
+starts `torchrun --standalone --nproc-per-node N -m runners.worker ...` (one process per
+device of the plan, `OMP_NUM_THREADS=1` each unless set), waits, and merges what the
+ranks wrote: step times, per-action timings, losses, and for `--check` outputs or
+gradients, compared with onnxruntime or a single-process run of the same converted
+graph. On several machines, start the same worker with torchrun yourself (README).
+
+If a rank fails, torchrun stops the others (its elastic agent tears the group down), and
+the launcher reports the failed rank's one-line error; a rank killed outright is named
+with its exit code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from exporters.manifest import MANIFEST_VERSION, Manifest
+from planner.errors import PipeplanError
+from runners.report import Measured, RunReport, StageTiming
+
+
+class RunFailed(PipeplanError):
+    """A rank failed at run time: exit code 1."""
+
+    exit_code = 1
+
+
+def load_bundle(bundle: str | os.PathLike[str]) -> tuple[Path, Manifest]:
+    """The bundle's manifest, after checking version and files; one-line errors."""
+    from pydantic import ValidationError
+
+    root = Path(bundle)
+    path = root / "manifest.json"
+    if not path.exists():
+        raise PipeplanError(f"not a pipeplan bundle (no manifest.json): {root}")
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PipeplanError(f"unreadable manifest {path}: {str(exc).splitlines()[0]}") from None
+    version = raw.get("manifest_version") if isinstance(raw, dict) else None
+    if version != MANIFEST_VERSION:
+        raise PipeplanError(
+            f"bundle {root} has manifest version {version!r}; this pipeplan reads version {MANIFEST_VERSION}: export it again"
+        )
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise PipeplanError(
+            f"invalid manifest {path}: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+        ) from None
+    if manifest.schedule is None:
+        raise PipeplanError(
+            f"bundle {root} has no schedule: export it from a plan made by this pipeplan"
+        )
+    for st in manifest.stages:
+        f = root / st.file
+        if not f.exists():
+            raise PipeplanError(f"bundle {root} is missing {st.file}")
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        if digest != st.sha256:
+            raise PipeplanError(
+                f"{st.file} does not match its manifest (sha256 differs): the bundle was modified"
+            )
+    return root, manifest
+
+
+def run(
+    bundle: str | os.PathLike[str],
+    *,
+    nproc: int | None = None,
+    steps: int = 5,
+    mode: str = "train",
+    backend: str = "gloo",
+    check: bool = False,
+    seed: int = 0,
+    lr: float | None = None,
+    data: str | None = None,
+    report: str | None = None,
+    trace: str | None = None,
+    timeout_s: float = 600.0,
+) -> RunReport:
+    """Run `bundle` on `nproc` local processes; return measurements (and checks)."""
+    root, manifest = load_bundle(bundle)
+    devices = list(dict.fromkeys(st.device for st in manifest.stages))
+    if nproc is not None and nproc != len(devices):
+        raise PipeplanError(
+            f"the plan places stages on {len(devices)} devices; --nproc {nproc} does not match"
+        )
+    if steps < 1:
+        raise PipeplanError(f"--steps must be at least 1 (got {steps})")
+    if mode not in ("train", "infer"):
+        raise PipeplanError(f"--mode must be train or infer (got {mode})")
+    if mode == "train" and manifest.weights == "absent" and check:
+        pass  # random weights are deterministic: gradients can still be checked
+    out = Path(tempfile.mkdtemp(prefix="pipeplan-run-"))
+    try:
+        _launch(
+            root,
+            len(devices),
+            out,
+            steps=steps,
+            mode=mode,
+            backend=backend,
+            seed=seed,
+            lr=lr,
+            data=data,
+            timeout_s=timeout_s,
+            dump_grads=check and mode == "train",
+        )
+        results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(len(devices))]
+        result = _report(root, manifest, results, mode=mode, backend=backend, steps=steps)
+        if check:
+            from runners.reference import check_gradients, check_outputs
+
+            if mode == "infer":
+                result.check = check_outputs(root, manifest, out, seed=seed, data=data)
+            else:
+                result.check = check_gradients(root, manifest, out, seed=seed, data=data)
+        if trace:
+            from planner.io import write_text_atomic
+            from runners.trace import merged_trace
+
+            write_text_atomic(trace, json.dumps(merged_trace(root, manifest, results)))
+        if report:
+            from planner.io import write_text_atomic
+
+            write_text_atomic(report, result.model_dump_json(indent=2))
+        return result
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _launch(
+    root: Path,
+    nproc: int,
+    out: Path,
+    *,
+    steps,
+    mode,
+    backend,
+    seed,
+    lr,
+    data,
+    timeout_s,
+    dump_grads,
+) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(nproc),
+        "--max-restarts",
+        "0",
+        "-m",
+        "runners.worker",
+        str(root),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--mode",
+        mode,
+        "--backend",
+        backend,
+        "--seed",
+        str(seed),
+    ]
+    if lr is not None:
+        cmd += ["--lr", str(lr)]
+    if data:
+        cmd += ["--data", str(data)]
+    if dump_grads:
+        cmd += ["--dump-grads"]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")) if p
+    )
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise RunFailed(
+            f"the run did not finish within {timeout_s:.0f} s: stopped every rank"
+        ) from None
+    if proc.returncode != 0:
+        raise RunFailed(_failure_line(out, output, proc.returncode))
+
+
+#: Errors a rank sees when another rank died first: never the root cause.
+SECONDARY = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "connection refused",
+)
+
+
+def _failure_line(out: Path, output: str, code: int) -> str:
+    """One line naming the rank at the root of a failed run."""
+    killed = [
+        (int(r), int(c))
+        for r, c in re.findall(r"rank\s*:\s*(\d+)[^\n]*\n[^\n]*exitcode\s*:\s*(-?\d+)", output)
+    ]
+    signalled = sorted({(r, c) for r, c in killed if c < 0})
+    if signalled:
+        rank, exitcode = signalled[0]
+        return f"rank {rank} died (killed by signal {-exitcode}); torchrun stopped the others"
+    errors = sorted((out / "errors").glob("rank*.txt"), key=lambda p: int(p.stem[4:]))
+    lines = [(p.stem[4:], p.read_text().strip()) for p in errors]
+    primary = [x for x in lines if not any(s.lower() in x[1].lower() for s in SECONDARY)]
+    if primary or lines:
+        rank, text = (primary or lines)[0]
+        return f"rank {rank} failed: {text}"
+    if killed:
+        rank, exitcode = killed[0]
+        return f"rank {rank} exited with code {exitcode}; torchrun stopped the others"
+    tail = [line for line in output.strip().splitlines() if line.strip()][-1:] or ["no output"]
+    return f"torchrun failed with exit code {code}: {tail[0][:200]}"
+
+
+def _report(
+    root: Path, manifest: Manifest, results: list[dict], *, mode, backend, steps
+) -> RunReport:
+    per_step = [max(r["step_ms"][i] for r in results) for i in range(steps)]
+    measured_steps = per_step[1:] if steps > 1 else per_step
+    iteration = statistics.median(measured_steps)
+    timings = []
+    m = manifest.microbatches
+    for st in manifest.stages:
+        rank = next(r for r in results if st.index in r["stages"])
+        events = [e for e in rank["events"] if e[1] == st.index]
+        n_steps = max(len(rank["step_ms"]), 1)
+        fwd = [e[4] - e[3] for e in events if e[0] == "F"]
+        bwd = [e[4] - e[3] for e in events if e[0] in ("B", "W")]
+        comm = sum(e[4] - e[3] for e in rank["events"] if e[0] in ("RECV", "WAIT", "SEND"))
+        busy = sum(e[4] - e[3] for e in rank["events"] if e[0] in ("F", "B", "W"))
+        total = sum(rank["step_ms"]) / 1e3
+        timings.append(
+            StageTiming(
+                stage=st.index,
+                device=st.device,
+                rank=rank["rank"],
+                forward_ms=1e3 * sum(fwd) / max(len(fwd), 1),
+                backward_ms=1e3 * sum(bwd) / max(len(fwd), 1) if bwd else 0.0,
+                comm_ms=1e3 * comm / n_steps,
+                idle_ms=max(0.0, 1e3 * (total - busy - comm) / n_steps),
+            )
+        )
+    losses = next((r["losses"] for r in results if r["losses"]), [])
+    predicted = _predicted_ms(root)
+    samples = manifest.microbatch_size * m
+    return RunReport(
+        bundle=str(root),
+        mode=mode,
+        backend=backend,
+        world_size=len(results),
+        schedule=manifest.schedule.kind,
+        microbatches=m,
+        microbatch_size=manifest.microbatch_size,
+        steps=steps,
+        losses=losses,
+        measured=Measured(
+            iteration_ms=iteration,
+            throughput_samples_per_s=samples / (iteration / 1e3) if iteration > 0 else 0.0,
+            per_stage=timings,
+            step_ms=per_step,
+        ),
+        predicted_iteration_ms=predicted,
+        measured_over_predicted=iteration / predicted if predicted > 0 else 0.0,
+    )
+
+
+def _predicted_ms(root: Path) -> float:
+    plan_file = root / "plan.json"
+    if not plan_file.exists():
+        return 0.0
+    return json.loads(plan_file.read_text())["predicted"]["iteration_ms"]

@@ -1,0 +1,134 @@
+"""`--check`: distributed results against a reference computed in one process.
+
+* Inference: the last stage's outputs against onnxruntime on the whole original model
+  (or, when that file is not at hand, on the bundle's stage models chained in order).
+* Training: every stage's parameter gradients after one step against one process running
+  the same converted stage graphs back to back on the same data (tied weights: gradients
+  summed over the stages holding a copy, as the run's all-reduce does). Relative
+  difference = max |a - b| / max |b| per tensor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exporters.manifest import Manifest
+from runners.data import DataSource, is_classification, loss_of
+from runners.report import CheckResult
+
+OUTPUT_TOLERANCE = 1e-4
+GRADIENT_TOLERANCE = 1e-4
+
+
+def _load_npz(folder: Path, prefix: str) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for f in sorted(folder.glob(f"{prefix}_rank*.npz")):
+        with np.load(f) as z:
+            out.update({k: z[k] for k in z.files})
+    return out
+
+
+def _ort_outputs(
+    root: Path, manifest: Manifest, feeds: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    whole = Path(manifest.model_path)
+    if whole.exists() and manifest.weights == "present":
+        session = ort.InferenceSession(str(whole))
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(None, feeds), strict=True))
+    env = dict(feeds)
+    for st in manifest.stages:
+        session = ort.InferenceSession(str(root / st.file))
+        outs = session.run([o.name for o in st.outputs], {t.name: env[t.name] for t in st.inputs})
+        env.update(zip((o.name for o in st.outputs), outs, strict=True))
+    return {o.name: env[o.name] for o in manifest.graph_outputs}
+
+
+def check_outputs(
+    root: Path, manifest: Manifest, folder: Path, *, seed: int, data: str | None
+) -> CheckResult:
+    got = _load_npz(folder, "outputs")
+    source = DataSource(manifest, root, seed=seed, npz=data)
+    worst_abs = worst_rel = 0.0
+    for mb in range(manifest.microbatches):
+        feeds = {k: v.numpy() for k, v in source.inputs(0, mb).items()}
+        ref = _ort_outputs(root, manifest, feeds)
+        for o in manifest.graph_outputs:
+            a, b = got[f"{mb}/{o.name}"], ref[o.name]
+            diff = float(np.abs(a - b).max()) if a.size else 0.0
+            worst_abs = max(worst_abs, diff)
+            worst_rel = max(worst_rel, diff / max(float(np.abs(b).max()), 1e-12))
+    passed = worst_abs <= OUTPUT_TOLERANCE or worst_rel <= OUTPUT_TOLERANCE
+    return CheckResult(
+        kind="outputs",
+        max_abs_diff=worst_abs,
+        max_rel_diff=worst_rel,
+        tolerance=OUTPUT_TOLERANCE,
+        passed=passed,
+        detail=f"{manifest.microbatches} micro-batches vs onnxruntime",
+    )
+
+
+def reference_gradients(
+    root: Path, manifest: Manifest, *, seed: int, data: str | None
+) -> dict[str, np.ndarray]:
+    """One process, same converted graphs and data: gradients keyed '<stage>/<onnx name>'."""
+    from runners.onnx_to_torch import convert
+
+    modules = {st.index: convert(str(root / st.file), seed=seed) for st in manifest.stages}
+    source = DataSource(manifest, root, seed=seed, npz=data)
+    m = manifest.microbatches
+    for mb in range(m):
+        env: dict[str, torch.Tensor] = dict(source.inputs(0, mb))
+        loss = torch.zeros(())
+        for st in manifest.stages:
+            outs = modules[st.index](*[env[t.name] for t in st.inputs])
+            env.update(zip((o.name for o in st.outputs), outs, strict=True))
+        for o in manifest.graph_outputs:
+            loss = loss + loss_of(env[o.name], source.targets(o, 0, mb), is_classification(o)) / m
+        loss.backward()
+    grads: dict[str, np.ndarray] = {}
+    for st in manifest.stages:
+        module = modules[st.index]
+        named = dict(module.named_parameters())
+        for onnx_name, attr in module.param_names.items():
+            p = named.get(attr)
+            if p is not None and p.grad is not None:
+                grads[f"{st.index}/{onnx_name}"] = p.grad.detach().numpy()
+    for w in manifest.shared_weights:
+        keys = [f"{s}/{w.name}" for s in w.stages if f"{s}/{w.name}" in grads]
+        total = sum(grads[k] for k in keys)
+        for k in keys:
+            grads[k] = total
+    return grads
+
+
+def check_gradients(
+    root: Path, manifest: Manifest, folder: Path, *, seed: int, data: str | None
+) -> CheckResult:
+    got = _load_npz(folder, "grads")
+    ref = reference_gradients(root, manifest, seed=seed, data=data)
+    missing = sorted(set(ref) ^ set(got))
+    worst_abs = worst_rel = 0.0
+    for key in set(ref) & set(got):
+        a, b = got[key], ref[key]
+        diff = float(np.abs(a - b).max()) if a.size else 0.0
+        worst_abs = max(worst_abs, diff)
+        worst_rel = max(worst_rel, diff / max(float(np.abs(b).max()), 1e-12))
+    passed = not missing and worst_rel <= GRADIENT_TOLERANCE
+    detail = f"{len(ref)} gradient tensors vs one process"
+    if missing:
+        detail += f"; present on one side only: {', '.join(missing[:3])}"
+    return CheckResult(
+        kind="gradients",
+        max_abs_diff=worst_abs,
+        max_rel_diff=worst_rel,
+        tolerance=GRADIENT_TOLERANCE,
+        passed=passed,
+        detail=detail,
+    )
