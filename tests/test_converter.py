@@ -974,3 +974,31 @@ def test_initializers_listed_as_graph_inputs_are_not_inputs():
     clone = copy.deepcopy(gm)
     assert clone.param_names == gm.param_names and clone.input_names == ["x"]
     _compare(_run_torch(clone, feeds), _session(model).run(None, feeds))
+
+
+def test_local_functions_are_inlined():
+    fn = helper.make_function(
+        "custom",
+        "AddRelu",
+        ["a", "b"],
+        ["c"],
+        [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Relu", ["s"], ["c"])],
+        [helper.make_opsetid("", 18)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("AddRelu", ["x", "w"], ["y"], domain="custom")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])],
+        [numpy_helper.from_array(f32(4), "w")],
+    )
+    model = helper.make_model(
+        graph,
+        functions=[fn],
+        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("custom", 1)],
+    )
+    model.ir_version = 8
+    gm = convert(model)
+    assert set(gm.param_names) == {"w"}
+    feeds = {"x": f32(3, 4)}
+    _compare(_run_torch(gm, feeds), _session(model).run(None, feeds))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx.inliner
 import torch
 import torch.fx as fx
 from torch import nn
@@ -158,9 +159,6 @@ class Converter:
             cand = f"{base}_{i}"
         self._attr_names.add(f"{owner}.{cand}")
         return cand
-
-    def _get_attr(self, path: str, hint: str) -> fx.Node:
-        return self.graph.get_attr(path)
 
     def materialize(self, t: torch.Tensor, hint: str) -> fx.Node:
         """A get_attr node for a constant tensor (a buffer, registered once)."""
