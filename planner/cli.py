@@ -385,6 +385,11 @@ def cluster(
     print_cluster(c)
 
 
+from planner.whatif_cli import register as _register_whatif  # noqa: E402
+
+_register_whatif(app)
+
+
 def main() -> None:
     """Entry point: usage errors also come out as one `error:` line with exit code 2."""
     try:  # typer >= 0.16 vendors click; older ones depend on it

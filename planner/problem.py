@@ -14,7 +14,7 @@ from functools import cached_property
 
 from cost.cluster import Cluster
 from cost.devices import DeviceSpec
-from cost.links import LinkSpec
+from cost.links import LOCAL_LINK, LinkSpec
 from cost.memory import bytes_per_param
 from cost.roofline import backward_seconds, dtype_bytes_scale, forward_seconds, weight_grad_fraction
 from planner.config import PlanConfig
@@ -98,10 +98,14 @@ class Problem:
         return self.groups[group].spec.memory_bytes * (1.0 - self.config.memory_headroom)
 
     def link(self, a: int, b: int) -> LinkSpec:
+        """The link between devices of two groups (a device to itself: free, as when
+        interleaved chunks meet on one device)."""
+        if (a, b) not in self.links and a == b:
+            return LOCAL_LINK
         return self.links[(a, b)]
 
     def transfer_s(self, a: int, b: int, nbytes: int) -> float:
-        return self.links[(a, b)].transfer_seconds(nbytes)
+        return self.link(a, b).transfer_seconds(nbytes)
 
     @cached_property
     def group_of_device(self) -> dict[str, int]:

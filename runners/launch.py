@@ -224,11 +224,13 @@ SECONDARY = (
 
 def _failure_line(out: Path, output: str, code: int) -> str:
     """One line naming the rank at the root of a failed run."""
-    killed = [
-        (int(r), int(c))
-        for r, c in re.findall(r"rank\s*:\s*(\d+)[^\n]*\n[^\n]*exitcode\s*:\s*(-?\d+)", output)
-    ]
-    signalled = sorted({(r, c) for r, c in killed if c < 0})
+    pattern = r"rank\s*:\s*(\d+)[^\n]*\n[^\n]*exitcode\s*:\s*(-?\d+)"
+    killed = [(int(r), int(c)) for r, c in re.findall(pattern, output)]
+    root = re.findall(pattern, output.split("Root Cause", 1)[1]) if "Root Cause" in output else []
+    # torchrun sends SIGTERM to the survivors: another signal marks the rank that died.
+    signalled = sorted({(r, c) for r, c in killed if c < 0 and c != -signal.SIGTERM})
+    if root and int(root[0][1]) < 0 and int(root[0][1]) != -signal.SIGTERM:
+        signalled = [(int(root[0][0]), int(root[0][1]))]
     if signalled:
         rank, exitcode = signalled[0]
         return f"rank {rank} died (killed by signal {-exitcode}); torchrun stopped the others"

@@ -1,0 +1,193 @@
+"""The torch runner on real torch.distributed processes (gloo, CPU), launched by torchrun.
+
+Slow (every run starts several Python processes): marked `slow`, run in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from exporters.bundle import export
+from planner.api import plan
+from planner.config import PlanConfig
+from planner.errors import PipeplanError
+from planner.shapes import ShapeBindings
+from runners.launch import RunFailed, load_bundle, run
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+SCHEDULES = ["gpipe", "1f1b", "interleaved", "zb"]
+
+
+def make_bundle(
+    tmp: Path, model: str, stages: int, schedule: str, batch: int = 4, m: int = 4
+) -> Path:
+    cfg = PlanConfig(schedule=schedule, stages=stages, microbatches=m, strategy="greedy")
+    p = plan(
+        ROOT / "samples" / "models" / f"{model}.onnx",
+        ROOT / "samples/clusters/a100x4.yaml",
+        cfg,
+        ShapeBindings(batch=batch),
+    )
+    bundle = tmp / f"{model}-{stages}-{schedule}"
+    export(ROOT / "samples" / "models" / f"{model}.onnx", p, bundle)
+    return bundle
+
+
+@pytest.mark.parametrize("model", ["mlp", "gpt"])
+@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_training_gradients_equal_one_process(tmp_path, model, stages, schedule):
+    bundle = make_bundle(tmp_path, model, stages, schedule)
+    result = run(bundle, steps=2, check=True)
+    assert result.check.kind == "gradients"
+    assert result.check.passed, result.check
+    assert result.check.max_rel_diff <= 1e-4
+    devices = len({s.device for s in load_bundle(bundle)[1].stages})
+    assert result.world_size == devices
+    assert result.measured.iteration_ms > 0 and len(result.losses) == 2
+
+
+@pytest.mark.parametrize("model", ["mlp", "gpt"])
+@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("schedule", ["1f1b", "interleaved"])
+def test_inference_outputs_equal_onnxruntime(tmp_path, model, stages, schedule):
+    bundle = make_bundle(tmp_path, model, stages, schedule)
+    result = run(bundle, steps=1, mode="infer", check=True)
+    assert result.check.kind == "outputs" and result.check.passed, result.check
+
+
+@pytest.mark.parametrize("model", ["mlp", "gpt"])
+def test_loss_falls_over_20_steps(tmp_path, model):
+    bundle = make_bundle(tmp_path, model, 2, "1f1b")
+    result = run(bundle, steps=20)
+    assert len(result.losses) == 20
+    assert result.losses[-1] < 0.9 * result.losses[0], result.losses
+
+
+def test_cli_run_writes_report_and_trace(tmp_path):
+    bundle = make_bundle(tmp_path, "mlp", 2, "zb")
+    report, trace = tmp_path / "r.json", tmp_path / "t.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "planner.cli",
+            "run",
+            str(bundle),
+            "--steps",
+            "3",
+            "--check",
+            "--report",
+            str(report),
+            "--trace",
+            str(trace),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    data = json.loads(report.read_text())
+    for key in ("iteration_ms", "throughput_samples_per_s", "per_stage"):
+        assert key in data["measured"]
+    assert {"forward_ms", "backward_ms", "comm_ms", "idle_ms"} <= set(
+        data["measured"]["per_stage"][0]
+    )
+    assert data["predicted_iteration_ms"] > 0 and data["measured_over_predicted"] > 0
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {
+        e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+    }
+    assert any(n.startswith("measured") for n in names) and any(
+        n.startswith("simulated") for n in names
+    )
+    assert "check gradients: passed" in r.stdout
+
+
+def test_nan_loss_stops_the_run(tmp_path):
+    bundle = make_bundle(tmp_path, "mlp", 2, "1f1b")
+    with pytest.raises(RunFailed, match=r"rank \d+ failed: FloatingPointError: loss is (nan|inf)"):
+        run(bundle, steps=6, lr=1e30)
+
+
+def test_a_failing_rank_is_named(tmp_path):
+    import numpy as np
+
+    bundle = make_bundle(tmp_path, "mlp", 2, "1f1b")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((3, 5), dtype=np.float32))  # wrong feature size for the first Linear
+    start = time.monotonic()
+    with pytest.raises(RunFailed, match=r"rank 0 failed: RuntimeError"):
+        run(bundle, steps=2, data=str(bad))
+    assert time.monotonic() - start < 60
+
+
+def test_a_killed_rank_stops_every_rank_within_60_s(tmp_path):
+    bundle = make_bundle(tmp_path, "gpt", 3, "1f1b")
+    cmd = [sys.executable, "-m", "planner.cli", "run", str(bundle), "--steps", "100000"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        workers: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(workers) < 3 and time.monotonic() < deadline:
+            out = subprocess.run(
+                ["pgrep", "-f", f"runners.worker {bundle}"], capture_output=True, text=True
+            ).stdout
+            workers = [int(x) for x in out.split()]
+            time.sleep(0.5)
+        assert len(workers) >= 3, "workers did not start"
+        time.sleep(3)
+        os.kill(max(workers), signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        assert time.monotonic() - killed_at < 60
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert (
+        len(lines) == 1 and lines[0].startswith("error: rank") and "killed by signal 9" in lines[0]
+    ), err
+    left = subprocess.run(
+        ["pgrep", "-f", f"runners.worker {bundle}"], capture_output=True, text=True
+    ).stdout
+    assert not left.strip(), "orphaned worker processes"
+
+
+def test_bundle_checks(tmp_path):
+    bundle = make_bundle(tmp_path, "mlp", 2, "1f1b")
+    other = tmp_path / "modified"
+    shutil.copytree(bundle, other)
+    with open(other / "stage_1.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(PipeplanError, match="does not match its manifest"):
+        load_bundle(other)
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["manifest_version"] = 99
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    r = subprocess.run(
+        [sys.executable, "-m", "planner.cli", "run", str(old)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "manifest version 99" in r.stderr
+    with pytest.raises(PipeplanError, match="no manifest.json"):
+        load_bundle(tmp_path)
+    with pytest.raises(PipeplanError, match="--nproc 5 does not match"):
+        run(bundle, nproc=5)
