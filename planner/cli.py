@@ -63,6 +63,80 @@ def _root() -> None:
     """Plan a pipeline split of an ONNX model over a cluster of devices."""
 
 
+# Options shared by every command that plans (`plan`, `whatif`).
+MicrobatchesOpt = Annotated[
+    str,
+    typer.Option(
+        "--microbatches",
+        "-m",
+        help="Micro-batches per iteration, or auto (bubble <= 10%, fits memory).",
+    ),
+]
+ScheduleOpt = Annotated[
+    str,
+    typer.Option("--schedule", help="gpipe, 1f1b, interleaved, zb, or auto (fastest that fits)."),
+]
+VirtualStagesOpt = Annotated[
+    int,
+    typer.Option("--virtual-stages", help="Model chunks per device for --schedule interleaved."),
+]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16.")]
+OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="sgd, momentum or adam.")]
+RecomputeOpt = Annotated[bool, typer.Option("--recompute", help="Full activation recomputation.")]
+ObjectiveOpt = Annotated[
+    str, typer.Option("--objective", help="throughput (training) or latency (inference).")
+]
+StrategyOpt = Annotated[str, typer.Option("--strategy", help="ilp, uniform, params, greedy or dp.")]
+TimeLimitOpt = Annotated[float, typer.Option("--time-limit", help="ILP time limit, seconds.")]
+HeadroomOpt = Annotated[
+    float, typer.Option("--headroom", help="Fraction of device memory kept free.")
+]
+StagesOpt = Annotated[
+    int | None, typer.Option("--stages", help="Fix the number of pipeline stages.")
+]
+SolverOpt = Annotated[
+    str, typer.Option("--solver", help="highs (default; CBC is the fallback) or cbc.")
+]
+
+
+def _plan_config(
+    *,
+    microbatches,
+    schedule,
+    virtual_stages,
+    dtype,
+    optimizer,
+    recompute,
+    objective,
+    strategy,
+    time_limit,
+    headroom,
+    stages,
+    solver,
+):
+    """The PlanConfig the planning options describe (`--microbatches auto` included)."""
+    from planner.config import PlanConfig
+    from planner.io import config_from_options
+
+    auto_m = microbatches.strip().lower() == "auto"
+    return config_from_options(
+        PlanConfig,
+        microbatches=8 if auto_m else microbatches,
+        auto_microbatches=auto_m,
+        virtual_stages=virtual_stages,
+        schedule=schedule,
+        dtype=dtype,
+        optimizer=optimizer,
+        recompute=recompute,
+        objective=objective,
+        strategy=strategy,
+        time_limit_s=time_limit,
+        memory_headroom=headroom,
+        stages=stages,
+        solver=solver,
+    )
+
+
 def _fail(message: str, code: int) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(code)
@@ -150,49 +224,18 @@ def plan(
     dim: DimOpt = None,
     batch: BatchOpt = None,
     input_shape: InputShapeOpt = None,
-    microbatches: Annotated[
-        str,
-        typer.Option(
-            "--microbatches",
-            "-m",
-            help="Micro-batches per iteration, or auto (bubble <= 10%, fits memory).",
-        ),
-    ] = "8",
-    schedule: Annotated[
-        str,
-        typer.Option(
-            "--schedule", help="gpipe, 1f1b, interleaved, zb, or auto (fastest that fits)."
-        ),
-    ] = "1f1b",
-    virtual_stages: Annotated[
-        int,
-        typer.Option(
-            "--virtual-stages", help="Model chunks per device for --schedule interleaved."
-        ),
-    ] = 2,
-    dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16.")] = "fp32",
-    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd, momentum or adam.")] = "adam",
-    recompute: Annotated[
-        bool, typer.Option("--recompute", help="Full activation recomputation.")
-    ] = False,
-    objective: Annotated[
-        str, typer.Option("--objective", help="throughput (training) or latency (inference).")
-    ] = "throughput",
-    strategy: Annotated[
-        str, typer.Option("--strategy", help="ilp, uniform, params, greedy or dp.")
-    ] = "ilp",
-    time_limit: Annotated[
-        float, typer.Option("--time-limit", help="ILP time limit, seconds.")
-    ] = 30.0,
-    headroom: Annotated[
-        float, typer.Option("--headroom", help="Fraction of device memory kept free.")
-    ] = 0.1,
-    stages: Annotated[
-        int | None, typer.Option("--stages", help="Fix the number of pipeline stages.")
-    ] = None,
-    solver: Annotated[
-        str, typer.Option("--solver", help="highs (default; CBC is the fallback) or cbc.")
-    ] = "highs",
+    microbatches: MicrobatchesOpt = "8",
+    schedule: ScheduleOpt = "1f1b",
+    virtual_stages: VirtualStagesOpt = 2,
+    dtype: DtypeOpt = "fp32",
+    optimizer: OptimizerOpt = "adam",
+    recompute: RecomputeOpt = False,
+    objective: ObjectiveOpt = "throughput",
+    strategy: StrategyOpt = "ilp",
+    time_limit: TimeLimitOpt = 30.0,
+    headroom: HeadroomOpt = 0.1,
+    stages: StagesOpt = None,
+    solver: SolverOpt = "highs",
     layers: LayersOpt = None,
     layer_depth: LayerDepthOpt = None,
     json_out: Annotated[
@@ -201,23 +244,19 @@ def plan(
 ) -> None:
     """Split a model across a cluster: fit memory, maximise throughput, explain why."""
     from planner.api import plan as make_plan
-    from planner.config import PlanConfig
-    from planner.io import config_from_options, write_json_atomic
+    from planner.io import write_json_atomic
 
-    auto_m = microbatches.strip().lower() == "auto"
-    config = config_from_options(
-        PlanConfig,
-        microbatches=8 if auto_m else microbatches,
-        auto_microbatches=auto_m,
-        virtual_stages=virtual_stages,
+    config = _plan_config(
+        microbatches=microbatches,
         schedule=schedule,
+        virtual_stages=virtual_stages,
         dtype=dtype,
         optimizer=optimizer,
         recompute=recompute,
         objective=objective,
         strategy=strategy,
-        time_limit_s=time_limit,
-        memory_headroom=headroom,
+        time_limit=time_limit,
+        headroom=headroom,
         stages=stages,
         solver=solver,
     )

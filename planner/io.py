@@ -35,6 +35,20 @@ def current_umask() -> int:
     return mask
 
 
+def save_figure_atomic(fig, path: str | os.PathLike[str], *, dpi: int = 120) -> None:
+    """Save a matplotlib figure as PNG via a temporary file and a rename."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent or ".")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: str | os.PathLike[str], text: str) -> None:
     write_text_atomic(path, text)
 

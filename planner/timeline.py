@@ -19,10 +19,8 @@ no global backend change).
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
-from planner.io import current_umask
+from planner.io import save_figure_atomic
 from planner.schedule.actions import Schedule
 from planner.simulator import SimResult
 
@@ -273,13 +271,4 @@ def plot_timeline(
     if n <= 16:
         mem.legend(loc="upper right", fontsize=7, ncols=min(n, 8))
 
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent or ".")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_figure_atomic(fig, path, dpi=dpi)

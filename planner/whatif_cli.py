@@ -13,7 +13,6 @@ evaluated where they are written.
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -96,75 +95,36 @@ def register(app: typer.Typer) -> None:
         dim: DimOpt = None,
         batch: BatchOpt = None,
         input_shape: InputShapeOpt = None,
-        microbatches: Annotated[
-            str,
-            typer.Option(
-                "--microbatches",
-                "-m",
-                help="Micro-batches per iteration, or auto (bubble <= 10%, fits memory).",
-            ),
-        ] = "8",
-        schedule: Annotated[
-            str,
-            typer.Option(
-                "--schedule", help="gpipe, 1f1b, interleaved, zb, or auto (fastest that fits)."
-            ),
-        ] = "1f1b",
-        virtual_stages: Annotated[
-            int,
-            typer.Option(
-                "--virtual-stages", help="Model chunks per device for --schedule interleaved."
-            ),
-        ] = 2,
-        dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16.")] = "fp32",
-        optimizer: Annotated[
-            str, typer.Option("--optimizer", help="sgd, momentum or adam.")
-        ] = "adam",
-        recompute: Annotated[
-            bool, typer.Option("--recompute", help="Full activation recomputation.")
-        ] = False,
-        objective: Annotated[
-            str,
-            typer.Option("--objective", help="throughput (training) or latency (inference)."),
-        ] = "throughput",
-        strategy: Annotated[
-            str, typer.Option("--strategy", help="ilp, uniform, params, greedy or dp.")
-        ] = "ilp",
-        time_limit: Annotated[
-            float, typer.Option("--time-limit", help="ILP time limit per plan, seconds.")
-        ] = 30.0,
-        headroom: Annotated[
-            float, typer.Option("--headroom", help="Fraction of device memory kept free.")
-        ] = 0.1,
-        stages: Annotated[
-            int | None, typer.Option("--stages", help="Fix the number of pipeline stages.")
-        ] = None,
-        solver: Annotated[
-            str, typer.Option("--solver", help="highs (default; CBC is the fallback) or cbc.")
-        ] = "highs",
+        microbatches: cli.MicrobatchesOpt = "8",
+        schedule: cli.ScheduleOpt = "1f1b",
+        virtual_stages: cli.VirtualStagesOpt = 2,
+        dtype: cli.DtypeOpt = "fp32",
+        optimizer: cli.OptimizerOpt = "adam",
+        recompute: cli.RecomputeOpt = False,
+        objective: cli.ObjectiveOpt = "throughput",
+        strategy: cli.StrategyOpt = "ilp",
+        time_limit: cli.TimeLimitOpt = 30.0,
+        headroom: cli.HeadroomOpt = 0.1,
+        stages: cli.StagesOpt = None,
+        solver: cli.SolverOpt = "highs",
         layers: LayersOpt = None,
         layer_depth: LayerDepthOpt = None,
     ) -> None:
         """What if the cluster had more, other or better-linked devices? One row per scenario."""
-        from planner.config import PlanConfig
-        from planner.io import config_from_options
         from planner.plan_cache import PlanCache
         from planner.whatif import whatif as run_whatif
 
-        auto_m = microbatches.strip().lower() == "auto"
-        config = config_from_options(
-            PlanConfig,
-            microbatches=8 if auto_m else microbatches,
-            auto_microbatches=auto_m,
-            virtual_stages=virtual_stages,
+        config = cli._plan_config(
+            microbatches=microbatches,
             schedule=schedule,
+            virtual_stages=virtual_stages,
             dtype=dtype,
             optimizer=optimizer,
             recompute=recompute,
             objective=objective,
             strategy=strategy,
-            time_limit_s=time_limit,
-            memory_headroom=headroom,
+            time_limit=time_limit,
+            headroom=headroom,
             stages=stages,
             solver=solver,
         )
@@ -374,8 +334,6 @@ def plot_whatif(report: "WhatIfReport", path: str | os.PathLike[str], dpi: int =
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from planner.io import current_umask
-
     rows = report.rows
     fig = Figure(figsize=(15, 4.8), dpi=dpi, layout="constrained")
     tput, value, mem = fig.subplots(1, 3)
@@ -444,16 +402,9 @@ def plot_whatif(report: "WhatIfReport", path: str | os.PathLike[str], dpi: int =
     mem.grid(axis="y", alpha=0.3)
     fig.suptitle(f"what-if: {report.model} on {report.cluster}", fontsize=11)
 
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent or ".")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from planner.io import save_figure_atomic
+
+    save_figure_atomic(fig, path, dpi=dpi)
 
 
 if __name__ == "__main__":  # pragma: no cover
