@@ -20,7 +20,6 @@ from planner.objective import Assignment, Evaluation, check_assignment, evaluate
 from planner.pipeline import TimedPipeline, schedule_plan, stage_memory
 from planner.plan_model import (
     BaselineRow,
-    DeviceTimeline,
     ModelInfo,
     Plan,
     Predicted,
@@ -31,6 +30,7 @@ from planner.plan_model import (
     SolverReport,
     StagePlan,
     TensorRef,
+    device_timelines,
 )
 from planner.problem import Problem, build_problem
 from planner.shapes import ShapeBindings
@@ -320,16 +320,7 @@ def _to_plan(
         analytic_iteration_ms=analytic.iteration_s * 1e3,
     )
     simulation = Simulation(
-        per_device=[
-            DeviceTimeline(
-                device=d,
-                busy_ms=sim.per_device[d].busy_s * 1e3,
-                idle_ms=sim.per_device[d].idle_s * 1e3,
-                peak_memory_bytes=timed.peak_memory.get(d, 0),
-                memory_capacity_bytes=timed.capacity[d],
-            )
-            for d in timed.capacity
-        ],
+        per_device=device_timelines(sim, timed.capacity),
         tried=[
             ScheduleTrial(
                 kind=t.kind,

@@ -118,6 +118,20 @@ class DeviceTimeline(BaseModel):
     memory_capacity_bytes: int
 
 
+def device_timelines(sim, capacity: dict[str, int]) -> list[DeviceTimeline]:
+    """Per-device figures of a simulation (`planner.simulator.SimResult`), in `capacity` order."""
+    return [
+        DeviceTimeline(
+            device=d,
+            busy_ms=sim.per_device[d].busy_s * 1e3,
+            idle_ms=sim.per_device[d].idle_s * 1e3,
+            peak_memory_bytes=sim.peak_memory.get(d, 0),
+            memory_capacity_bytes=capacity[d],
+        )
+        for d in capacity
+    ]
+
+
 class ScheduleTrial(BaseModel):
     kind: str
     virtual_stages: int

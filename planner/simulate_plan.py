@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from planner.errors import PipeplanError
 from planner.pipeline import make_costs
-from planner.plan_model import DeviceTimeline, Plan
+from planner.plan_model import DeviceTimeline, Plan, device_timelines
 from planner.simulator import SimResult, simulate
 
 
@@ -95,15 +95,8 @@ def simulate_plan(
         throughput_samples_per_s=samples / sim.iteration_s if sim.iteration_s > 0 else 0.0,
         bubble_fraction=sim.bubble_fraction,
         global_batch=samples,
-        per_device=[
-            DeviceTimeline(
-                device=d,
-                busy_ms=sim.per_device[d].busy_s * 1e3,
-                idle_ms=sim.per_device[d].idle_s * 1e3,
-                peak_memory_bytes=sim.peak_memory.get(d, 0),
-                memory_capacity_bytes=capacity[d],
-            )
-            for d in dict.fromkeys(s.device for s in plan.stages)
-        ],
+        per_device=device_timelines(
+            sim, {d: capacity[d] for d in dict.fromkeys(s.device for s in plan.stages)}
+        ),
         planned_iteration_ms=plan.predicted.iteration_ms,
     )
