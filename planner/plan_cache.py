@@ -25,6 +25,7 @@ version (or clear the cache) when pricing changes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -91,6 +92,18 @@ def bindings_data(bindings: ShapeBindings) -> dict:
     }
 
 
+@functools.cache
+def code_fingerprint() -> str:
+    """Hash of the planner's and cost model's source: a code change invalidates cached plans."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for folder in ("planner", "cost"):
+        for path in sorted((root / folder).rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def plan_key(
     graph_hash: str,
     cluster: Cluster,
@@ -106,6 +119,7 @@ def plan_key(
         "config": config.model_dump(mode="json"),
         "layers": (layer_options or LayerOptions()).key_data(),
         "pipeplan": pipeplan_version(),
+        "code": code_fingerprint(),
         "schema_version": SCHEMA_VERSION,
     }
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True)
