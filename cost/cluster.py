@@ -29,6 +29,10 @@ Rules and conveniences:
   (either order: links are symmetric).
 * Shorthand: a top-level `devices:` (and optional `link:`) instead of `nodes:` describes
   a single node named `n0`.
+* Calibration profiles (`cost.profile`): a device entry `{profile: cpu.yaml, count: 2}`
+  takes the measured figures (other fields override them), a link `{profile: cpu.yaml}`
+  the measured link; relative paths resolve against the cluster file's folder. A profile
+  file itself loads as a cluster of its one device.
 
 Every mistake is reported as a `PipeplanError` on one line naming the file, the field
 path and the bad value, e.g.
@@ -49,6 +53,7 @@ from pydantic import (
     ConfigDict,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -98,7 +103,21 @@ def _expand_device_string(text: str) -> list[DeviceSpec]:
     return out
 
 
-def _expand_device_entry(entry: Any) -> list[Any]:
+def _base_dir(info: ValidationInfo | None) -> str | None:
+    """The cluster file's folder, passed as validation context by `cluster_from_dict`."""
+    context = info.context if info is not None else None
+    return context.get("base_dir") if isinstance(context, dict) else None
+
+
+def _link_value(value: Any, base_dir: str | None) -> Any:
+    if isinstance(value, dict) and value.get("profile") is not None:
+        from cost.profile import link_spec_input
+
+        return link_spec_input(value, base_dir)
+    return link_input(value)
+
+
+def _expand_device_entry(entry: Any, base_dir: str | None = None) -> list[Any]:
     if isinstance(entry, str):
         return _expand_device_string(entry)
     if isinstance(entry, DeviceSpec):
@@ -108,22 +127,22 @@ def _expand_device_entry(entry: Any) -> list[Any]:
         count = entry.pop("count", 1)
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise PipeplanError(f"device count must be an integer >= 1 (got {count!r})")
-        return [device_input(entry)] * count
+        return [device_input(entry, base_dir)] * count
     raise PipeplanError(
         f"a device entry must be a name like '2x T4' or a mapping (got {type(entry).__name__}: {entry!r})"
     )
 
 
-def _expand_devices(value: Any) -> list[Any]:
+def _expand_devices(value: Any, base_dir: str | None = None) -> list[Any]:
     if value is None or value == "" or value == []:
         got = "nothing" if value is None else repr(value)
         raise PipeplanError(f"at least one device required (got {got})")
     if isinstance(value, str | dict | DeviceSpec):
-        return _expand_device_entry(value)
+        return _expand_device_entry(value, base_dir)
     if isinstance(value, list | tuple):
         out: list[Any] = []
         for entry in value:
-            out.extend(_expand_device_entry(entry))
+            out.extend(_expand_device_entry(entry, base_dir))
         return out
     raise PipeplanError(
         f"devices must be a string like '4x A100-80GB' or a list (got {type(value).__name__}: {value!r})"
@@ -148,13 +167,13 @@ class NodeSpec(BaseModel):
 
     @field_validator("devices", mode="before")
     @classmethod
-    def _parse_devices(cls, value: Any) -> Any:
-        return _guard(_expand_devices, value)
+    def _parse_devices(cls, value: Any, info: ValidationInfo) -> Any:
+        return _guard(lambda v: _expand_devices(v, _base_dir(info)), value)
 
     @field_validator("link", mode="before")
     @classmethod
-    def _parse_link(cls, value: Any) -> Any:
-        return _guard(link_input, value)
+    def _parse_link(cls, value: Any, info: ValidationInfo) -> Any:
+        return _guard(lambda v: _link_value(v, _base_dir(info)), value)
 
 
 class LinkOverride(BaseModel):
@@ -167,8 +186,8 @@ class LinkOverride(BaseModel):
 
     @field_validator("link", mode="before")
     @classmethod
-    def _parse_link(cls, value: Any) -> Any:
-        return _guard(link_input, value)
+    def _parse_link(cls, value: Any, info: ValidationInfo) -> Any:
+        return _guard(lambda v: _link_value(v, _base_dir(info)), value)
 
 
 class Cluster(BaseModel):
@@ -219,8 +238,8 @@ class Cluster(BaseModel):
 
     @field_validator("inter_node_link", mode="before")
     @classmethod
-    def _parse_inter_link(cls, value: Any) -> Any:
-        return None if value is None else _guard(link_input, value)
+    def _parse_inter_link(cls, value: Any, info: ValidationInfo) -> Any:
+        return None if value is None else _guard(lambda v: _link_value(v, _base_dir(info)), value)
 
     @model_validator(mode="after")
     def _check_links(self) -> Cluster:
@@ -341,13 +360,16 @@ def _abbreviate(items: list[str], limit: int = 8) -> str:
 # ---------------------------------------------------------------------- loading
 
 
-def cluster_from_dict(data: Any, source: str = "<dict>") -> Cluster:
-    """Validate a parsed cluster spec; bad input -> one-line PipeplanError naming `source`."""
+def cluster_from_dict(data: Any, source: str = "<dict>", base_dir: str | None = None) -> Cluster:
+    """Validate a parsed cluster spec; bad input -> one-line PipeplanError naming `source`.
+
+    `base_dir`: the folder relative profile paths resolve against (default: the working
+    directory)."""
     if not isinstance(data, dict):
         got = "an empty document" if data is None else type(data).__name__
         raise PipeplanError(f"invalid cluster spec {source}: expected a mapping (got {got})")
     try:
-        return Cluster.model_validate(data)
+        return Cluster.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise PipeplanError(
             f"invalid cluster spec {source}: {format_validation_error(exc)}"
@@ -381,4 +403,8 @@ def load_cluster(path: str | Path) -> Cluster:
         except yaml.YAMLError as exc:
             one_line = " ".join(str(exc).split())
             raise PipeplanError(f"invalid YAML in {p}: {one_line}") from None
-    return cluster_from_dict(data, source=str(p))
+    from cost.profile import is_profile_document
+
+    if is_profile_document(data):  # a calibration profile: a cluster of its one device
+        data = {"name": p.stem, "devices": [{"profile": p.name}]}
+    return cluster_from_dict(data, source=str(p), base_dir=str(p.parent))

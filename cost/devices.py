@@ -14,7 +14,8 @@ Units, once for the whole module:
 * launch overhead in microseconds.
 
 Vendor figures are peaks nobody reaches. Three factors bring them down to earth, and all
-three should be calibrated against measurements (`profile`, used later):
+three should be calibrated against measurements (`pipeplan calibrate` writes a profile;
+a cluster entry `{profile: PROFILE.yaml}` uses its figures, see `cost.profile`):
 
 * `compute_efficiency` -- the fraction of peak a large GEMM/convolution reaches (70-90%
   for cuBLAS/cuDNN on big shapes; 0.75 by default);
@@ -199,7 +200,8 @@ class DeviceSpec(BaseModel):
     half_efficiency_flops: Positive = 1e9
     #: Indicative USD per device-hour (typical cloud on-demand; no particular source).
     price_per_hour: Positive | None = None
-    #: Path of a calibration profile (used by the calibrator, later).
+    #: Absolute path of the calibration profile the figures come from (`cost.profile`);
+    #: its measured operator times replace the roofline for operators it holds.
     profile: str | None = None
 
     @field_validator("peak_tflops")
@@ -325,18 +327,26 @@ def catalog_device(name: str) -> DeviceSpec:
     return CATALOG[found]
 
 
-def device_input(value: Any) -> Any:
+def device_input(value: Any, base_dir: str | None = None) -> Any:
     """What a user wrote for one device -> input for `DeviceSpec.model_validate`.
 
     A catalog name becomes that entry; `{like: NAME, ...}` becomes the entry's fields with
-    the given ones overriding (a `peak_tflops` override is merged dtype by dtype); a full
-    spec (a dict without `like`) and a `DeviceSpec` pass through. Raises `PipeplanError`
-    for an unknown catalog name.
+    the given ones overriding (a `peak_tflops` override is merged dtype by dtype);
+    `{profile: PATH, ...}` becomes the calibration profile's measured figures with the
+    given ones overriding and `profile` set to the profile's absolute path (a relative
+    PATH resolves against `base_dir`, the cluster file's folder, else the working
+    directory; see `cost.profile`); a full spec (a dict without `like` or `profile`) and
+    a `DeviceSpec` pass through. Raises `PipeplanError` for an unknown catalog name or an
+    unreadable profile.
     """
     if isinstance(value, DeviceSpec):
         return value
     if isinstance(value, str):
         return catalog_device(value)
+    if isinstance(value, dict) and "profile" in value and value["profile"] is not None:
+        from cost.profile import device_spec_input
+
+        return device_spec_input(value, base_dir)
     if isinstance(value, dict) and "like" in value:
         overrides = dict(value)
         base = catalog_device(overrides.pop("like")).model_dump()
@@ -346,8 +356,9 @@ def device_input(value: Any) -> Any:
     return value
 
 
-def resolve_device(value: str | dict | DeviceSpec) -> DeviceSpec:
-    """A `DeviceSpec` from a catalog name, a full spec dict, or `{like: NAME, ...overrides}`.
+def resolve_device(value: str | dict | DeviceSpec, base_dir: str | None = None) -> DeviceSpec:
+    """A `DeviceSpec` from a catalog name, a full spec dict, `{like: NAME, ...overrides}`
+    or `{profile: PATH, ...overrides}` (relative to `base_dir`).
 
     >>> resolve_device("a100-80gb").memory_GB
     80.0
@@ -356,7 +367,7 @@ def resolve_device(value: str | dict | DeviceSpec) -> DeviceSpec:
 
     Bad input raises `PipeplanError` with a one-line message.
     """
-    data = device_input(value)
+    data = device_input(value, base_dir)
     if isinstance(data, DeviceSpec):
         return data
     if not isinstance(data, dict):

@@ -13,12 +13,18 @@ Bytes in `OpCost` are counted at the model file's element types (mostly fp32); a
 bf16 or fp16 moves half as many bytes for floating-point tensors, so bytes scale by
 `dtype_bytes / 4`. The backward pass reads saved activations and output gradients and
 writes input and weight gradients: about twice the forward traffic, and two kernels.
+
+Measured times win: on a device with a calibration profile (`DeviceSpec.profile`, see
+`cost.profile`) that holds the operator's `signature` (`planner.graph.op_signature`)
+measured at the plan's dtype, `forward_seconds` and `backward_seconds` return the measured
+times; every other operator gets the roofline with the profile's fitted figures.
 """
 
 from __future__ import annotations
 
 from cost.devices import DeviceSpec
 from cost.opcost import OpCost
+from cost.profile import measured_op
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2}
 BACKWARD_TRAFFIC_FACTOR = 2.0
@@ -48,8 +54,14 @@ def memory_seconds(nbytes: float, device: DeviceSpec) -> float:
     return nbytes / (device.bandwidth_GBps * 1e9 * device.memory_efficiency)
 
 
-def forward_seconds(cost: OpCost, device: DeviceSpec, dtype: str = "fp32") -> float:
-    """Forward time of one operator for one micro-batch."""
+def forward_seconds(
+    cost: OpCost, device: DeviceSpec, dtype: str = "fp32", signature: str | None = None
+) -> float:
+    """Forward time of one operator for one micro-batch (measured if the device's
+    profile holds `signature` at `dtype`)."""
+    measured = measured_op(device.profile, signature, dtype)
+    if measured is not None:
+        return measured.forward_s
     if cost.kind == "free":
         return 0.0
     matrix = cost.kind == "compute"
@@ -58,8 +70,14 @@ def forward_seconds(cost: OpCost, device: DeviceSpec, dtype: str = "fp32") -> fl
     return max(compute, memory) + device.launch_overhead_us * 1e-6
 
 
-def backward_seconds(cost: OpCost, device: DeviceSpec, dtype: str = "fp32") -> float:
-    """Backward time (input and weight gradients) of one operator for one micro-batch."""
+def backward_seconds(
+    cost: OpCost, device: DeviceSpec, dtype: str = "fp32", signature: str | None = None
+) -> float:
+    """Backward time (input and weight gradients) of one operator for one micro-batch
+    (measured if the device's profile holds `signature` at `dtype`)."""
+    measured = measured_op(device.profile, signature, dtype)
+    if measured is not None:
+        return measured.backward_s
     if cost.kind == "free":
         return 0.0
     matrix = cost.kind == "compute"

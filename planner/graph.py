@@ -2,7 +2,11 @@
 
 Nodes are ONNX operators (keyed by a unique name); an edge u -> v carries the tensors
 u produces and v consumes (`tensors`: names, `bytes`: their total size). Every node holds
-its decoded `OpCost` (see `cost.opcost`). Initializers, and Constant nodes that hold weight
+its decoded `OpCost` (see `cost.opcost`) and its `signature` (`op_signature`: what the
+operator computes on which shapes, the key of measured times in a calibration profile)
+and `input_roles` (per input: `w` parameter, `g` activation with a gradient, `n` data
+without one, `k` constant, `-` absent).
+Initializers, and Constant nodes that hold weight
 tensors, become `Param`s: counted once however many nodes use them.
 
 Shape arithmetic folds away: a node whose inputs are all static (non-parameter constants
@@ -207,6 +211,8 @@ def load_graph(path: str | os.PathLike[str], bindings: ShapeBindings | None = No
         if not filled and len(constants) == known:
             break
     param_like = _param_views(nodes, names, set(params), folded, set(constants) | initializer_names)
+    static_names = initializer_names | set(constants) | set(constant_tensors)
+    grad_tensors: set[str] = set()  # activations that carry a gradient in training
 
     graph = nx.DiGraph()
     producer_of: dict[str, str] = {}
@@ -237,6 +243,20 @@ def load_graph(path: str | os.PathLike[str], bindings: ShapeBindings | None = No
                 unknown_ops[op_type] += 1
             elif any(t is not None and t.shape is None for t in (*inputs, *outputs)):
                 unknown_shapes += 1
+        roles = tuple(
+            _input_role(t, param_like, static_names, grad_tensors) if t else "-" for t in node.input
+        )
+        if not is_folded and any(r in ("w", "g") for r in roles):
+            grad_tensors.update(o.name for o in outputs if o.is_float)
+        signature = op_signature(
+            node.op_type,
+            node.domain,
+            inputs,
+            outputs,
+            _decode_attributes(node),
+            roles,
+            constants,
+        )
         graph.add_node(
             name,
             op_type=node.op_type,
@@ -247,6 +267,8 @@ def load_graph(path: str | os.PathLike[str], bindings: ShapeBindings | None = No
             cost=cost,
             scope=_scope_of(node),
             order=order,
+            signature=signature,
+            input_roles=roles,
         )
         for tensor in node.input:
             src = producer_of.get(tensor)
@@ -291,6 +313,76 @@ def load_graph(path: str | os.PathLike[str], bindings: ShapeBindings | None = No
         param_like=param_like,
         warnings=warnings,
     )
+
+
+#: Constant inputs up to this many elements have their values in the signature.
+SIGNATURE_VALUE_ELEMENTS = 16
+
+
+def op_signature(
+    op_type: str,
+    domain: str,
+    inputs: tuple[TensorInfo | None, ...],
+    outputs: tuple[TensorInfo, ...],
+    attrs: dict,
+    roles: tuple[str, ...],
+    constants: dict[str, np.ndarray] | None = None,
+) -> str:
+    """A stable string naming what an operator computes: equal signatures, equal work.
+
+    `op|domain|inputs|outputs|attributes`, e.g.
+    `Gemm||float[8,64]g,float[128,64]w,float[128]w|float[8,128]|alpha=1.0;transB=1`.
+    Each input is `dtype[shape]` and a role: `w` a parameter (or a view of one), `g` an
+    activation that carries a gradient in training, `n` data without one (graph inputs,
+    integers), `k` a constant (its values follow as `=[...]` up to
+    `SIGNATURE_VALUE_ELEMENTS` elements); a missing optional input is `-`. Attributes are
+    sorted by name. Tensor names and node names are left out, so identical operators in
+    different places (or models) share a signature: a calibration profile measures each
+    signature once (`cost.profile`).
+    """
+    constants = constants or {}
+    ins = []
+    for info, role in zip(inputs, roles, strict=True):
+        if info is None or role == "-":
+            ins.append("-")
+            continue
+        text = _tensor_text(info) + role
+        value = constants.get(info.name) if role == "k" else None
+        if value is not None and np.size(value) <= SIGNATURE_VALUE_ELEMENTS:
+            text += "=" + _value_text(np.asarray(value).reshape(-1).tolist())
+        ins.append(text)
+    outs = ",".join(_tensor_text(o) for o in outputs)
+    attr_text = ";".join(f"{k}={_value_text(attrs[k])}" for k in sorted(attrs))
+    return f"{op_type}|{domain}|{','.join(ins)}|{outs}|{attr_text}"
+
+
+def _tensor_text(info: TensorInfo) -> str:
+    try:
+        dtype = onnx.TensorProto.DataType.Name(info.dtype).lower()
+    except ValueError:
+        dtype = f"dtype{info.dtype}"
+    shape = "?" if info.shape is None else ",".join(str(d) for d in info.shape)
+    return f"{dtype}[{shape}]"
+
+
+def _value_text(value) -> str:
+    if isinstance(value, TensorInfo):
+        return _tensor_text(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_value_text(v) for v in value) + "]"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
+
+
+def _input_role(tensor: str, param_like: set[str], static: set[str], grad: set[str]) -> str:
+    if tensor in param_like:
+        return "w"
+    if tensor in static:
+        return "k"
+    return "g" if tensor in grad else "n"
 
 
 def graph_hash(model: onnx.ModelProto) -> str:

@@ -5,6 +5,10 @@ identical specs, which are interchangeable: placing a stage on one or another of
 gives the same cost) and lists the tensors that flow between layers. Strategies (ILP,
 baselines, exhaustive search in tests) all read this and are judged by
 `planner.objective.evaluate`, so they are compared under one cost model.
+
+On a device with a calibration profile, an operator whose `signature` the profile holds
+costs its measured forward and backward time; the others the roofline with the profile's
+fitted figures (`cost.roofline`, `cost.profile`).
 """
 
 from __future__ import annotations
@@ -154,11 +158,17 @@ def build_problem(mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: Plan
     shared_names = {p for p, ls in param_layers.items() if len(ls) > 1}
     layers = []
     for layer in lg.layers:
-        costs = [mg.cost(n) for n in layer.nodes]
-        fwd = tuple(sum(forward_seconds(c, g.spec, dtype) for c in costs) for g in groups)
-        bwd = tuple(sum(backward_seconds(c, g.spec, dtype) for c in costs) for g in groups)
+        # (cost, signature) per node: a profiled device's measured times win (cost.roofline)
+        costs = [(mg.cost(n), mg.graph.nodes[n].get("signature")) for n in layer.nodes]
+        fwd = tuple(sum(forward_seconds(c, g.spec, dtype, sig) for c, sig in costs) for g in groups)
+        bwd = tuple(
+            sum(backward_seconds(c, g.spec, dtype, sig) for c, sig in costs) for g in groups
+        )
         wgrad = tuple(
-            sum(backward_seconds(c, g.spec, dtype) * weight_grad_fraction(c) for c in costs)
+            sum(
+                backward_seconds(c, g.spec, dtype, sig) * weight_grad_fraction(c)
+                for c, sig in costs
+            )
             for g in groups
         )
         own = [mg.params[p] for p in layer.params if p not in shared_names]

@@ -1,0 +1,272 @@
+"""Calibration profiles: what `pipeplan calibrate` measured on one device (no torch here).
+
+A profile (YAML) holds the cost-model figures fitted from microbenchmarks, the measured
+point-to-point link between two processes on the host, and optionally the measured
+forward and backward time of every distinct operator of some models, keyed by the
+operator's `signature` (`planner.graph.op_signature`)::
+
+    schema_version: 1
+    device: {name, peak_tflops: {fp32, bf16, ...}, memory_GB, bandwidth_GBps,
+             launch_overhead_us, compute_efficiency, memory_efficiency, half_efficiency_flops}
+    link: {bandwidth_GBps, latency_us, efficiency: 1.0, backend: gloo}
+    ops: {<signature>: {op_type, forward_s, backward_s, dtype: fp32, model}}
+    overhead: {forward_call_s, backward_call_s}   # subtracted from every op time
+    fit: {...}                                     # how the figures were fitted, residuals
+    measurements: {gemm: [...], conv: [...], elementwise: [...], pingpong: [...], ...}
+    machine: {hostname, processor, cpus, ...}
+    threads: 1
+    torch_version: 2.13.0+cpu
+    created: 2025-01-01T00:00:00+00:00
+    note: free text
+
+Where profiles are used:
+
+* a cluster file's device entry `{profile: cpu.yaml}` (`count`, and any `DeviceSpec`
+  field as an override, allowed) becomes a `DeviceSpec` with the profile's `device`
+  figures and `profile` set to the profile's absolute path (`device_spec_input`);
+* a link `{profile: cpu.yaml}` becomes the profile's measured link (`link_spec_input`);
+* `cost.roofline` uses a profile's measured time for an operator whose signature it
+  holds, at the dtype it was measured in (`measured_op`), instead of the roofline.
+
+Relative profile paths resolve against the cluster file's folder. Loading is cached on
+(path, modification time, size). Errors are one line (`PipeplanError`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cost.devices import Dtype, Fraction, NonNegative, Positive, format_validation_error
+from planner.errors import PipeplanError
+
+PROFILE_SCHEMA_VERSION = 1
+
+#: DeviceSpec fields a profile's `device` section provides.
+DEVICE_FIELDS = (
+    "name",
+    "peak_tflops",
+    "memory_GB",
+    "bandwidth_GBps",
+    "launch_overhead_us",
+    "compute_efficiency",
+    "memory_efficiency",
+    "half_efficiency_flops",
+)
+
+
+class ProfileDevice(BaseModel):
+    """The device figures fitted by the calibrator (the `DeviceSpec` fields it can measure)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str
+    peak_tflops: dict[Dtype, Positive]
+    memory_GB: Positive
+    bandwidth_GBps: Positive
+    launch_overhead_us: Positive
+    compute_efficiency: Fraction
+    memory_efficiency: Fraction
+    half_efficiency_flops: Positive
+
+
+class ProfileLink(BaseModel):
+    """Point-to-point transfers between two processes on the host, alpha-beta fitted."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    bandwidth_GBps: Positive
+    latency_us: NonNegative
+    efficiency: Fraction = 1.0
+    backend: str | None = None
+
+
+class OpTiming(BaseModel):
+    """One operator signature measured on the device, per call (one micro-batch)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    op_type: str
+    forward_s: NonNegative
+    backward_s: NonNegative
+    dtype: Dtype = "fp32"
+    #: the operator timed alone (forward_s and backward_s include the context correction)
+    isolated_forward_s: NonNegative | None = None
+    isolated_backward_s: NonNegative | None = None
+    #: the model file the signature was first met in (information only)
+    model: str | None = None
+
+
+class Profile(BaseModel):
+    """A calibration profile; see the module docstring."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    schema_version: int = PROFILE_SCHEMA_VERSION
+    device: ProfileDevice
+    link: ProfileLink | None = None
+    ops: dict[str, OpTiming] = Field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    overhead: dict[str, float] = Field(default_factory=dict)
+    fit: dict[str, Any] = Field(default_factory=dict)
+    measurements: dict[str, Any] = Field(default_factory=dict)
+    machine: dict[str, Any] = Field(default_factory=dict)
+    threads: int = Field(default=1, ge=1)
+    torch_version: str = ""
+    created: str = ""
+    note: str = ""
+
+
+# ------------------------------------------------------------------ load and save
+
+
+def is_profile_document(data: Any) -> bool:
+    """Whether parsed YAML looks like a profile (a `device` mapping, no cluster keys)."""
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("device"), dict)
+        and "nodes" not in data
+        and "devices" not in data
+    )
+
+
+def profile_from_dict(data: Any, source: str = "<dict>") -> Profile:
+    """Validate a parsed profile; one-line `PipeplanError` naming `source`."""
+    if not isinstance(data, dict):
+        got = "an empty document" if data is None else type(data).__name__
+        raise PipeplanError(f"invalid profile {source}: expected a mapping (got {got})")
+    version = data.get("schema_version", PROFILE_SCHEMA_VERSION)
+    if version != PROFILE_SCHEMA_VERSION:
+        raise PipeplanError(
+            f"profile {source} has schema_version {version!r}; this pipeplan reads "
+            f"{PROFILE_SCHEMA_VERSION}: calibrate again"
+        )
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        raise PipeplanError(f"invalid profile {source}: {format_validation_error(exc)}") from None
+
+
+def load_profile(path: str | os.PathLike[str]) -> Profile:
+    """Read a profile (YAML); cached on (absolute path, mtime, size). One-line errors."""
+    p = Path(os.path.abspath(path))
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise PipeplanError(f"profile file not found: {path}") from None
+    except OSError as exc:
+        raise PipeplanError(f"cannot read profile {path}: {exc.strerror or exc}") from None
+    if not p.is_file():
+        raise PipeplanError(f"profile path is not a file: {path}")
+    return _load_cached(str(p), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_cached(path: str, _mtime_ns: int, _size: int) -> Profile:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipeplanError(f"cannot read profile {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "syntax error"
+        raise PipeplanError(f"invalid YAML in profile {path}{where}: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise PipeplanError(
+            f"invalid YAML in profile {path}: {' '.join(str(exc).split())}"
+        ) from None
+    return profile_from_dict(data, source=path)
+
+
+def profile_to_yaml(profile: Profile, header: str = "") -> str:
+    """The profile as YAML (keys in model order; floats as Python writes them)."""
+    data = profile.model_dump(mode="json", exclude_none=True)
+    body = yaml.safe_dump(data, sort_keys=False, width=100, allow_unicode=True)
+    if header:
+        body = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + body
+    return body
+
+
+def save_profile(profile: Profile, path: str | os.PathLike[str], header: str = "") -> None:
+    """Write `profile` atomically (temporary file, then rename)."""
+    from planner.io import write_text_atomic
+
+    write_text_atomic(path, profile_to_yaml(profile, header))
+
+
+# ------------------------------------------------------------------ use in clusters
+
+
+def resolve_profile_path(value: Any, base_dir: str | os.PathLike[str] | None) -> str:
+    """Absolute path of a profile reference (relative ones against `base_dir`, else cwd)."""
+    if not isinstance(value, str | os.PathLike) or not str(value).strip():
+        raise PipeplanError(f"profile must be a file path (got {value!r})")
+    p = Path(os.path.expanduser(str(value)))
+    if not p.is_absolute() and base_dir is not None:
+        p = Path(base_dir) / p
+    return os.path.abspath(p)
+
+
+_SPEC_REQUIRED = ("peak_tflops", "memory_GB", "bandwidth_GBps")
+
+
+def device_spec_input(value: dict, base_dir: str | os.PathLike[str] | None = None) -> dict:
+    """`{profile: PATH, <DeviceSpec field>: override, ...}` -> DeviceSpec input.
+
+    The profile's fitted `device` figures, then the entry's other fields over them;
+    `profile` becomes the absolute path. A dict that already holds a full spec
+    (`peak_tflops`, `memory_GB` and `bandwidth_GBps`: a device dumped in a plan) keeps its
+    figures and only has its path made absolute, so plans load where the profile is absent.
+    """
+    entry = dict(value)
+    if "like" in entry:
+        raise PipeplanError("give either 'like' or 'profile' in a device entry, not both")
+    path = resolve_profile_path(entry.pop("profile"), base_dir)
+    if all(k in entry for k in _SPEC_REQUIRED):
+        return entry | {"profile": path}
+    measured = load_profile(path).device.model_dump()
+    if isinstance(entry.get("peak_tflops"), dict):
+        entry["peak_tflops"] = measured["peak_tflops"] | entry["peak_tflops"]
+    return measured | entry | {"profile": path}
+
+
+def link_spec_input(value: dict, base_dir: str | os.PathLike[str] | None = None) -> dict:
+    """`{profile: PATH, <LinkSpec field>: override}` -> LinkSpec input: the measured link."""
+    entry = dict(value)
+    if "like" in entry:
+        raise PipeplanError("give either 'like' or 'profile' in a link, not both")
+    path = resolve_profile_path(entry.pop("profile"), base_dir)
+    link = load_profile(path).link
+    if link is None:
+        raise PipeplanError(f"profile {path} has no measured link: calibrate it again")
+    return {
+        "name": f"measured ({Path(path).name})",
+        "bandwidth_GBps": link.bandwidth_GBps,
+        "latency_us": link.latency_us,
+        "efficiency": link.efficiency,
+    } | entry
+
+
+# ------------------------------------------------------------------ use in pricing
+
+
+def measured_op(profile_path: str | None, signature: str | None, dtype: str) -> OpTiming | None:
+    """The profile's timing of `signature` at `dtype`, or None (no profile, op or file)."""
+    if not profile_path or not signature:
+        return None
+    try:
+        profile = load_profile(profile_path)
+    except PipeplanError:
+        return None  # a plan's device whose profile is not on this machine: roofline only
+    timing = profile.ops.get(signature)
+    if timing is None or timing.dtype != dtype:
+        return None
+    return timing
