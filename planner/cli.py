@@ -428,6 +428,10 @@ from planner.whatif_cli import register as _register_whatif  # noqa: E402
 
 _register_whatif(app)
 
+from planner.calibrate_cli import register as _register_calibrate  # noqa: E402
+
+_register_calibrate(app)
+
 
 def main() -> None:
     """Entry point: usage errors also come out as one `error:` line with exit code 2."""

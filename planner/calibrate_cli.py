@@ -1,0 +1,200 @@
+"""`pipeplan calibrate`: measure this machine and write a calibration profile.
+
+`planner/cli.py` calls `from planner.calibrate_cli import register; register(app)` right
+after the what-if command's registration. As in `planner.whatif_cli`, nothing is imported
+from `planner.cli` at import time: `register` takes the helpers (`guarded`, `_bindings`,
+the shared option types) from the module that defines `app` when it is called. torch is
+imported inside the command only (`runners.calibrate`), so `pipeplan --help` and every
+planning command stay torch-free. No `from __future__ import annotations` here: the
+command's option types are local to `register`.
+"""
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `calibrate` command to `app` (the `pipeplan` Typer app)."""
+    if any(
+        c.name == "calibrate" or getattr(c.callback, "__name__", "") == "calibrate"
+        for c in app.registered_commands
+    ):
+        return  # registered already
+    cli = _module_of(app)
+    guarded, DimOpt, BatchOpt, InputShapeOpt = (
+        cli.guarded,
+        cli.DimOpt,
+        cli.BatchOpt,
+        cli.InputShapeOpt,
+    )
+
+    @app.command()
+    @guarded
+    def calibrate(
+        output: Annotated[str, typer.Option("-o", "--output", help="Write PROFILE.yaml here.")],
+        device: Annotated[
+            str, typer.Option("--device", help="cpu, or cuda (the first GPU).")
+        ] = "cpu",
+        model: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--model",
+                help="Also time every distinct operator of this ONNX model (repeatable; "
+                "the shape options apply to each).",
+            ),
+        ] = None,
+        dim: DimOpt = None,
+        batch: BatchOpt = None,
+        input_shape: InputShapeOpt = None,
+        quick: Annotated[
+            bool, typer.Option("--quick", help="Small sizes, few repeats: seconds, for tests.")
+        ] = False,
+        threads: Annotated[
+            int | None,
+            typer.Option(
+                "--threads",
+                help="torch threads (default: torch's current count, which follows OMP_NUM_THREADS).",
+            ),
+        ] = None,
+        peak_tflops: Annotated[
+            float | None,
+            typer.Option(
+                "--peak-tflops",
+                help="Vendor fp32 peak, TFLOP/s: compute_efficiency becomes measured / peak "
+                "(default: efficiency fixed at 0.9).",
+            ),
+        ] = None,
+        extend: Annotated[
+            str | None,
+            typer.Option(
+                "--extend",
+                help="Start from this profile: keep its figures and operators, time only the "
+                "models' operators it lacks.",
+            ),
+        ] = None,
+        no_link: Annotated[
+            bool, typer.Option("--no-link", help="Skip the two-process link ping-pong.")
+        ] = False,
+        no_context: Annotated[
+            bool,
+            typer.Option(
+                "--no-context",
+                help="Keep isolated operator times (no whole-model context correction).",
+            ),
+        ] = False,
+        note: Annotated[str, typer.Option("--note", help="Free text stored in the profile.")] = "",
+        json_out: Annotated[
+            bool, typer.Option("--json", help="Print the profile as JSON instead of a summary.")
+        ] = False,
+    ) -> None:
+        """Measure this machine with torch (GEMM, elementwise, convolution, launch, a
+        two-process link, and optionally every operator of a model); write a profile that a
+        cluster file uses as a device: `devices: [{profile: PROFILE.yaml, count: 2}]`."""
+        from planner.errors import PipeplanError
+
+        out = Path(output)
+        if not out.parent.exists():
+            raise PipeplanError(f"output folder does not exist: {out.parent}")
+        if model is None and (dim or batch is not None or input_shape):
+            raise PipeplanError("shape options (--batch, --dim, --input-shape) need --model")
+        bindings = cli._bindings(dim, batch, input_shape)
+        from cost.profile import load_profile, save_profile
+
+        base = load_profile(extend) if extend else None
+        from runners.calibrate import ModelRequest, profile_summary
+        from runners.calibrate import calibrate as run_calibrate
+
+        requests = [ModelRequest(m, bindings) for m in model or []]
+        with _progress() as progress:
+            profile = run_calibrate(
+                device,
+                requests,
+                quick=quick,
+                threads=threads,
+                peak_tflops=peak_tflops,
+                link=not no_link,
+                context=not no_context,
+                extend=base,
+                progress=progress,
+                note=note,
+            )
+        save_profile(profile, out, header=_header(profile, quick))
+        for failure in profile.fit.get("op_failures", []):
+            print(f"warning: not timed (roofline used): {failure}", file=sys.stderr)
+        if json_out:
+            print(profile.model_dump_json(indent=2))
+            return
+        from rich.table import Table
+
+        from planner.render import wide_console
+
+        table = Table(title=f"calibration profile {out}", show_header=False)
+        for what, value in profile_summary(profile):
+            table.add_row(what, value)
+        wide_console().print(table)
+
+
+def _header(profile, quick: bool) -> str:
+    machine = profile.machine
+    where = machine.get("gpu") or machine.get("cpu_model") or "this machine"
+    lines = [
+        f"pipeplan calibration profile, measured on {where} "
+        f"({machine.get('cpus', '?')} CPUs), {profile.threads} thread(s), torch {profile.torch_version}.",
+        "Use it in a cluster file: devices: [{profile: THIS_FILE, count: N}], link: {profile: THIS_FILE}.",
+    ]
+    if quick:
+        lines.append("QUICK calibration (small sizes, few repeats): for tests, not for planning.")
+    return "\n".join(lines)
+
+
+class _progress:
+    """A rich progress bar on stderr, fed by `calibrate(progress=...)`."""
+
+    def __init__(self):
+        self.bar = None
+        self.task = None
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self.bar.start()
+        return self.update
+
+    def update(self, what: str, done: int, total: int) -> None:
+        assert self.bar is not None
+        if self.task is None:
+            self.task = self.bar.add_task(what, total=total)
+        self.bar.update(self.task, completed=done, total=total, description=f"measuring {what}")
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _module_of(app: typer.Typer):
+    """The module defining `app` and the shared helpers: `planner.cli`, or `__main__` when
+    run as `python -m planner.cli` (importing `planner.cli` again would make a second copy)."""
+    for module in list(sys.modules.values()):
+        if getattr(module, "app", None) is app and hasattr(module, "guarded"):
+            return module
+    from planner import cli
+
+    return cli

@@ -1,0 +1,1103 @@
+"""`pipeplan calibrate`: measure the local device with torch and fit the cost model to it.
+
+    profile = calibrate(device="cpu", models=[ModelRequest("gpt.onnx", ShapeBindings(batch=8))])
+    save_profile(profile, "cpu.yaml")          # cost.profile
+
+What is measured (medians of repeats after warm-up; `quick=True` uses small sizes and few
+repeats, a few seconds in all), and what it becomes in the profile (`cost.profile.Profile`):
+
+* **GEMM** (`a @ b`, no autograd), square sizes and skinny shapes, fp32, and every half
+  type the device runs (bf16 and fp16; tf32 on CUDA). The roofline prices a matrix
+  operator of `f` FLOPs at `f / (peak * efficiency(f)) + launch`, with
+  `efficiency(f) = compute_efficiency * f / (f + half_efficiency_flops)`; that is
+  `t(f) = f / R + h / R + launch` with `R = peak * compute_efficiency`: a straight line in
+  `f`. We fit `t = c0 + f / R` to the square GEMMs by least squares on *relative* error
+  (rows divided by the measured time, so small and large sizes weigh alike), then set
+  `half_efficiency_flops = (c0 - plain_launch) * R` (the intercept beyond one plain
+  dispatch, in FLOPs; at least 1). Timings only identify `R`, not how it splits into peak
+  and efficiency: with `peak_tflops` given (a vendor figure), `compute_efficiency =
+  R / peak`; otherwise we fix `compute_efficiency = 0.9` (the top of the 70-90% band
+  cost.devices assumes for large GEMMs) and `peak = R / 0.9`. Every predicted time depends
+  on `R` only, so this convention changes no prediction. Half types: the same fit (or
+  the best rate when fewer than two sizes ran) gives their `peak_tflops` entry.
+* **Elementwise add** of large tensors: `bandwidth_GBps` is the best streaming rate of
+  `torch.add(a, b, out=c)` (3 x 4 bytes per element) at the largest size; the roofline's
+  effective rate `B = bandwidth * memory_efficiency` is fitted as `t = c + bytes / B` on
+  allocating adds (`a + b`, what a model's operators do) over the sizes, relative error;
+  `memory_efficiency = B / bandwidth` (`bandwidth` is raised to `B` if caches make `B`
+  larger, so the efficiency stays in (0, 1]).
+* **Convolutions** (3x3 and 1x1): recorded with the fitted GEMM model's prediction
+  (measured / predicted), as a check; not fitted.
+* **Launch overhead**: a one-element add with autograd on (an input that requires grad,
+  as in training): `launch_overhead_us`. The plain dispatch (no autograd) is recorded too.
+* **Link**: two local processes (`torch.distributed`, gloo; NCCL on CUDA with 2+ GPUs)
+  ping-pong messages of 4 B to 16 MB; one-way time = round trip / 2; alpha-beta fitted
+  (relative error): `link: {bandwidth_GBps, latency_us, efficiency: 1.0}`.
+* **Operators of models** (`models=`): every distinct operator (by
+  `planner.graph.op_signature`) becomes a one-node ONNX model, converted with
+  `runners.onnx_to_torch.convert(weights="random")` and timed as the runner runs it:
+  forward under autograd, then `torch.autograd.backward` to its inputs that carry a
+  gradient and its parameters. The time of calling an empty converted module (forward)
+  and of an empty backward call is measured and subtracted (`overhead:`): a stage pays
+  those once, not once per operator. `ops: {signature: {op_type, forward_s, backward_s}}`.
+
+Threads: `threads` (default `torch.get_num_threads()`, which follows OMP_NUM_THREADS) is
+set for every measurement and recorded. On a shared machine, repeat and compare.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cost.profile import OpTiming, Profile, ProfileDevice, ProfileLink
+from planner.errors import PipeplanError
+from planner.shapes import ShapeBindings
+
+#: compute_efficiency used when no vendor peak is given (see the module docstring).
+DEFAULT_COMPUTE_EFFICIENCY = 0.9
+
+#: Repeats of the (microsecond) empty-module measurement, even in quick mode.
+OVERHEAD_REPEATS = 200
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """A model whose operators to time, with the shapes to bind."""
+
+    path: str
+    bindings: ShapeBindings = field(default_factory=ShapeBindings)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What to measure, and how long: full or `quick`."""
+
+    gemm_square: tuple[int, ...]
+    gemm_skinny: tuple[tuple[int, int, int], ...]
+    half_square: tuple[int, ...]
+    elementwise: tuple[int, ...]  # elements per tensor
+    conv: tuple[tuple[int, int, int, int, int], ...]  # N, C, HW, K, kernel
+    pingpong: tuple[int, ...]  # bytes
+    budget_s: float  # per measurement
+    min_repeats: int
+    max_repeats: int
+    warmup: int
+
+    @classmethod
+    def full(cls) -> Sizes:
+        return cls(
+            gemm_square=(64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048),
+            gemm_skinny=((8, 1024, 1024), (64, 1024, 1024), (256, 2048, 512), (4096, 64, 64)),
+            half_square=(256, 512, 1024),
+            elementwise=(1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24),
+            conv=(
+                (8, 64, 32, 32, 3),
+                (8, 128, 16, 128, 3),
+                (32, 16, 32, 32, 3),
+                (8, 64, 32, 128, 1),
+            ),
+            pingpong=(4, 1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24),
+            budget_s=0.4,
+            min_repeats=7,
+            max_repeats=200,
+            warmup=3,
+        )
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            gemm_square=(32, 64, 128, 256),
+            gemm_skinny=((8, 256, 256),),
+            half_square=(128,),
+            elementwise=(1 << 12, 1 << 16, 1 << 18),
+            conv=((2, 16, 16, 16, 3),),
+            pingpong=(4, 1 << 12, 1 << 16, 1 << 20),
+            budget_s=0.02,
+            min_repeats=3,
+            max_repeats=30,
+            warmup=1,
+        )
+
+
+# ------------------------------------------------------------------ timing
+
+
+class Timer:
+    """Median wall time of a callable on one device (synchronising CUDA around each call)."""
+
+    def __init__(self, device: torch.device, sizes: Sizes):
+        self.device = device
+        self.sizes = sizes
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def once(self, fn: Callable[[], object]) -> float:
+        self.sync()
+        start = time.perf_counter()
+        fn()
+        self.sync()
+        return time.perf_counter() - start
+
+    def median(self, fn: Callable[[], object], budget_s: float | None = None) -> float:
+        budget = self.sizes.budget_s if budget_s is None else budget_s
+        first = 0.0
+        for _ in range(max(1, self.sizes.warmup)):
+            first = self.once(fn)
+        n = int(budget / max(first, 1e-7))
+        n = max(self.sizes.min_repeats, min(self.sizes.max_repeats, n))
+        return statistics.median(self.once(fn) for _ in range(n))
+
+
+# ------------------------------------------------------------------ fits (numpy only)
+
+
+def fit_line_relative(x: Sequence[float], t: Sequence[float]) -> tuple[float, float]:
+    """Least squares `t = a + b x` on relative error (each row divided by t): (a, b).
+
+    With a negative intercept the line is refitted through the origin (a = 0).
+    """
+    x_arr = np.asarray(x, dtype=float)
+    t_arr = np.asarray(t, dtype=float)
+    if len(x_arr) == 0:
+        raise ValueError("no points to fit")
+    w = 1.0 / t_arr
+    if len(x_arr) >= 2:
+        a_mat = np.stack([w, x_arr * w], axis=1)
+        (a, b), *_ = np.linalg.lstsq(a_mat, np.ones_like(t_arr), rcond=None)
+        if a >= 0 and b > 0:
+            return float(a), float(b)
+    b = float(np.sum(x_arr * w) / np.sum((x_arr * w) ** 2))  # through the origin
+    return 0.0, b
+
+
+def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> list[float]:
+    return [(p - m) / m for p, m in zip(predicted, measured, strict=True)]
+
+
+def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
+    errs = relative_errors(predicted, measured)
+    return float(100.0 * np.mean(np.abs(errs))) if errs else 0.0
+
+
+# ------------------------------------------------------------------ microbenchmarks
+
+
+def _gemm_points(timer: Timer, shapes, dtype: torch.dtype) -> list[dict]:
+    points = []
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=timer.device).to(dtype)
+        b = torch.randn(k, n, device=timer.device).to(dtype)
+        seconds = timer.median(lambda a=a, b=b: a @ b)
+        flops = 2 * m * k * n
+        points.append(
+            {
+                "m": m,
+                "k": k,
+                "n": n,
+                "flops": flops,
+                "seconds": seconds,
+                "gflops": flops / seconds / 1e9,
+            }
+        )
+    return points
+
+
+def _launch_points(timer: Timer) -> dict:
+    x = torch.ones(1, device=timer.device)
+    y = torch.ones(1, device=timer.device, requires_grad=True)
+    plain = timer.median(lambda: torch.add(x, x), budget_s=timer.sizes.budget_s / 2)
+    with torch.enable_grad():
+        grad = timer.median(lambda: torch.add(y, y), budget_s=timer.sizes.budget_s / 2)
+    return {"plain_s": plain, "autograd_s": grad}
+
+
+def _elementwise_points(timer: Timer) -> list[dict]:
+    points = []
+    for numel in timer.sizes.elementwise:
+        a = torch.rand(numel, device=timer.device)
+        b = torch.rand(numel, device=timer.device)
+        c = torch.empty_like(a)
+        streaming = timer.median(lambda a=a, b=b, c=c: torch.add(a, b, out=c))
+        allocating = timer.median(lambda a=a, b=b: a + b)
+        nbytes = 3 * 4 * numel
+        points.append(
+            {
+                "numel": numel,
+                "bytes": nbytes,
+                "streaming_s": streaming,
+                "allocating_s": allocating,
+                "streaming_GBps": nbytes / streaming / 1e9,
+                "allocating_GBps": nbytes / allocating / 1e9,
+            }
+        )
+    return points
+
+
+def _conv_points(timer: Timer) -> list[dict]:
+    points = []
+    for n, c, hw, k, kernel in timer.sizes.conv:
+        x = torch.randn(n, c, hw, hw, device=timer.device)
+        w = torch.randn(k, c, kernel, kernel, device=timer.device)
+        pad = kernel // 2
+        seconds = timer.median(
+            lambda x=x, w=w, pad=pad: torch.nn.functional.conv2d(x, w, padding=pad)
+        )
+        flops = 2 * n * k * c * kernel * kernel * hw * hw
+        points.append(
+            {
+                "n": n,
+                "c": c,
+                "hw": hw,
+                "k": k,
+                "kernel": kernel,
+                "flops": flops,
+                "seconds": seconds,
+                "gflops": flops / seconds / 1e9,
+            }
+        )
+    return points
+
+
+def _half_dtypes(device: torch.device) -> list[tuple[str, torch.dtype]]:
+    out = [("bf16", torch.bfloat16), ("fp16", torch.float16)]
+    return out
+
+
+# ------------------------------------------------------------------ link: two processes
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure_link(
+    sizes: Sizes, threads: int, backend: str = "gloo", timeout_s: float = 120.0
+) -> list[dict]:
+    """One-way seconds per message size between two local processes (ping-pong / 2)."""
+    port = _free_port()
+    reps = max(sizes.min_repeats, 5 if sizes.max_repeats < 50 else 30)
+    with tempfile.TemporaryDirectory(prefix="pipeplan-link-") as tmp:
+        out = Path(tmp) / "pingpong.json"
+        env = dict(os.environ)
+        env["OMP_NUM_THREADS"] = str(threads)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")) if p
+        )
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "runners.calibrate",
+                    "pingpong",
+                    str(rank),
+                    str(port),
+                    backend,
+                    ",".join(str(s) for s in sizes.pingpong),
+                    str(reps),
+                    str(out),
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for rank in (0, 1)
+        ]
+        deadline = time.monotonic() + timeout_s
+        outputs = []
+        for p in procs:
+            try:
+                text, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                raise PipeplanError(
+                    f"link ping-pong did not finish within {timeout_s:.0f} s"
+                ) from None
+            outputs.append(text)
+        if any(p.returncode != 0 for p in procs) or not out.exists():
+            lines = [ln for text in outputs for ln in text.strip().splitlines() if ln.strip()]
+            raise PipeplanError(
+                f"link ping-pong failed: {lines[-1][:200] if lines else 'no output'}"
+            )
+        return json.loads(out.read_text())
+
+
+def _pingpong_main(argv: list[str]) -> int:
+    import datetime as _dt
+
+    import torch.distributed as dist
+
+    rank, port, backend = int(argv[0]), int(argv[1]), argv[2]
+    sizes = [int(s) for s in argv[3].split(",")]
+    reps, out = int(argv[4]), argv[5]
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=2,
+        timeout=_dt.timedelta(seconds=60),
+    )
+    dev = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    peer = 1 - rank
+    results = []
+    for nbytes in sizes:
+        buf = torch.zeros(max(1, nbytes // 4), dtype=torch.float32, device=dev)
+        times = []
+        for i in range(reps + 3):
+            dist.barrier()
+            start = time.perf_counter()
+            if rank == 0:
+                dist.send(buf, peer)
+                dist.recv(buf, peer)
+            else:
+                dist.recv(buf, peer)
+                dist.send(buf, peer)
+            if backend == "nccl":
+                torch.cuda.synchronize(dev)
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+        results.append(
+            {"bytes": buf.numel() * 4, "one_way_s": statistics.median(times) / 2, "repeats": reps}
+        )
+    dist.barrier()
+    if rank == 0:
+        Path(out).write_text(json.dumps(results))
+    dist.destroy_process_group()
+    return 0
+
+
+def fit_link(points: list[dict], backend: str) -> tuple[ProfileLink, dict]:
+    alpha, inv_beta = fit_line_relative(
+        [p["bytes"] for p in points], [p["one_way_s"] for p in points]
+    )
+    link = ProfileLink(
+        bandwidth_GBps=1.0 / inv_beta / 1e9, latency_us=alpha * 1e6, efficiency=1.0, backend=backend
+    )
+    predicted = [alpha + p["bytes"] * inv_beta for p in points]
+    fit = {
+        "model": "one_way_s = latency + bytes / bandwidth (relative least squares)",
+        "mape_percent": round(mape(predicted, [p["one_way_s"] for p in points]), 2),
+    }
+    return link, fit
+
+
+# ------------------------------------------------------------------ operators of models
+
+
+def _float_dtype_name(elem_type: int) -> str:
+    import onnx
+
+    return {
+        onnx.TensorProto.FLOAT16: "fp16",
+        onnx.TensorProto.BFLOAT16: "bf16",
+    }.get(elem_type, "fp32")
+
+
+def single_node_model(mg, node_name: str):
+    """A one-operator ONNX model of `node_name` of `mg` (a `planner.graph.ModelGraph`).
+
+    Inputs that carry data (roles `g` and `n` of the signature) become graph inputs;
+    parameters (`w`) initializers (random values; `convert(weights="random")` re-draws
+    them); constants (`k`) initializers with their values when known, else zeros. The
+    model's opsets and local functions are kept.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    data = mg.graph.nodes[node_name]
+    proto = mg.model.graph.node[data["order"]]
+    roles = _roles(data, len(proto.input))
+    inputs, inits, seen = [], [], set()
+    for tensor, role in zip(proto.input, roles, strict=True):
+        if not tensor or tensor in seen:
+            continue
+        seen.add(tensor)
+        info = mg.tensors.get(tensor)
+        if info is None or info.shape is None:
+            raise ValueError(f"input {tensor} has no known shape")
+        if role in ("g", "n"):
+            inputs.append(helper.make_tensor_value_info(tensor, info.dtype, list(info.shape)))
+            continue
+        value = mg.constants.get(tensor) if role == "k" else None
+        np_dtype = helper.tensor_dtype_to_np_dtype(info.dtype)
+        if value is None or tuple(np.shape(value)) != tuple(info.shape):
+            value = (
+                np.random.default_rng(0).normal(0, 0.02, info.shape).astype(np_dtype)
+                if role == "w"
+                else np.zeros(info.shape, dtype=np_dtype)
+            )
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=np_dtype), tensor))
+    outputs = []
+    for tensor in proto.output:
+        if not tensor:
+            continue
+        info = mg.tensors.get(tensor)
+        if info is None:
+            outputs.append(helper.make_empty_tensor_value_info(tensor))
+        else:
+            shape = None if info.shape is None else list(info.shape)
+            outputs.append(helper.make_tensor_value_info(tensor, info.dtype, shape))
+    node = onnx.NodeProto()
+    node.CopyFrom(proto)
+    graph = helper.make_graph([node], "op", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=list(mg.model.opset_import))
+    model.ir_version = mg.model.ir_version
+    for fn in mg.model.functions:
+        model.functions.append(fn)
+    return model
+
+
+def _roles(data: dict, n_inputs: int) -> list[str]:
+    """Input roles of a graph node (`w`, `g`, `n`, `k` or `-`; see `op_signature`)."""
+    roles = list(data["input_roles"])
+    if len(roles) != n_inputs:
+        raise ValueError("the graph node and the ONNX node disagree on the inputs")
+    return roles
+
+
+def _sample_input(info, role: str, node_proto, position: int, mg, device) -> torch.Tensor:
+    from runners.convert.weights import torch_dtype
+
+    shape = tuple(info.shape)
+    dtype = torch_dtype(info.dtype)
+    if dtype.is_floating_point:
+        value = torch.rand(shape, device=device).to(dtype) + 0.5
+        return value.requires_grad_(role == "g")
+    if dtype == torch.bool:
+        return torch.rand(shape, device=device) > 0.5
+    if node_proto.op_type in ("Gather", "GatherElements") and position == 1:
+        data = mg.tensors.get(node_proto.input[0])
+        axis = next((a.i for a in node_proto.attribute if a.name == "axis"), 0)
+        if data is not None and data.shape:
+            high = int(data.shape[axis % len(data.shape)])
+            return torch.randint(0, max(1, high), shape, device=device, dtype=dtype)
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+class OpTimer:
+    """Times converted one-operator modules the way the runner runs a stage."""
+
+    def __init__(self, timer: Timer):
+        self.timer = timer
+        self.overhead = {"forward_call_s": 0.0, "backward_call_s": 0.0}
+
+    def measure_overhead(self) -> dict[str, float]:
+        """An empty converted module (Identity): the forward call, and a backward call."""
+        from onnx import TensorProto, helper
+
+        from runners.onnx_to_torch import convert
+
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "empty",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 64])],
+        )
+        gm = convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+        gm = gm.to(self.timer.device)
+        x = torch.rand(8, 64, device=self.timer.device, requires_grad=True)
+        fwd, bwd = self._time(gm, [x], [x], min_repeats=OVERHEAD_REPEATS)
+        self.overhead = {"forward_call_s": fwd, "backward_call_s": bwd or 0.0}
+        return self.overhead
+
+    def _time(
+        self,
+        gm,
+        args: list[torch.Tensor],
+        leaves: list[torch.Tensor],
+        min_repeats: int | None = None,
+    ):
+        """Median (forward_s, backward_s or None) of `gm(*args)` and its backward.
+
+        Only the module call and the `torch.autograd.backward` call are timed: the output
+        gradients (ones) are made beforehand, as the runner receives them from the next stage.
+        """
+        targets = leaves + [p for p in gm.parameters() if p.requires_grad]
+        timer = self.timer
+        state: dict = {}
+
+        def forward():
+            with torch.enable_grad():
+                state["outs"] = gm(*args)
+
+        def prepare():
+            outs = state["outs"]
+            outs = outs if isinstance(outs, tuple | list) else (outs,)
+            roots = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
+            state["roots"] = roots
+            state["grads"] = [torch.ones_like(r) for r in roots]
+            return bool(roots) and bool(targets)
+
+        def backward():
+            torch.autograd.backward(state["roots"], state["grads"], inputs=targets)
+
+        def clear():
+            state.clear()
+            for leaf in leaves:
+                leaf.grad = None
+
+        start = time.perf_counter()
+        has_backward = False
+        warmup = max(1, timer.sizes.warmup)
+        for _ in range(warmup):
+            forward()
+            has_backward = prepare()
+            if has_backward:
+                backward()
+            clear()
+        per_rep = (time.perf_counter() - start) / warmup
+        n = int(timer.sizes.budget_s / max(per_rep, 1e-7))
+        n = max(min_repeats or timer.sizes.min_repeats, min(timer.sizes.max_repeats, n))
+        forward_times: list[float] = []
+        backward_times: list[float] = []
+        for _ in range(n):
+            forward_times.append(timer.once(forward))
+            if has_backward:
+                prepare()
+                backward_times.append(timer.once(backward))
+            clear()
+        fwd = statistics.median(forward_times)
+        bwd = statistics.median(backward_times) if backward_times else None
+        return fwd, bwd
+
+    def time_node(self, mg, node_name: str) -> tuple[float, float]:
+        """(forward_s, backward_s) of one operator of `mg`, call overheads subtracted."""
+        from runners.onnx_to_torch import convert
+
+        model = single_node_model(mg, node_name)
+        gm = convert(model, weights="random").to(self.timer.device)
+        data = mg.graph.nodes[node_name]
+        proto = mg.model.graph.node[data["order"]]
+        roles = _roles(data, len(proto.input))
+        by_name: dict[str, torch.Tensor] = {}
+        for pos, (tensor, role) in enumerate(zip(proto.input, roles, strict=True)):
+            if tensor and role in ("g", "n") and tensor not in by_name:
+                by_name[tensor] = _sample_input(
+                    mg.tensors[tensor], role, proto, pos, mg, self.timer.device
+                )
+        args = [by_name[name] for name in gm.input_names]
+        leaves = [a for a in args if a.requires_grad]
+        fwd, bwd = self._time(gm, args, leaves)
+        fwd = max(0.0, fwd - self.overhead["forward_call_s"])
+        bwd = 0.0 if bwd is None else max(0.0, bwd - self.overhead["backward_call_s"])
+        return fwd, bwd
+
+
+def _whole_model_inputs(mg, names: list[str], device) -> list[torch.Tensor]:
+    """Sample graph inputs for a whole model: integer ids below the table they index."""
+    from runners.convert.weights import torch_dtype
+
+    bounds: dict[str, int] = {}
+    for _, data in mg.graph.nodes(data=True):
+        if data["op_type"] == "Gather" and len(data["inputs"]) > 1:
+            table = mg.tensors.get(data["inputs"][0])
+            if table is not None and table.shape:
+                ids = data["inputs"][1]
+                bounds[ids] = min(bounds.get(ids, table.shape[0]), table.shape[0])
+    out = []
+    for name in names:
+        info = mg.tensors[name]
+        dtype = torch_dtype(info.dtype)
+        shape = tuple(info.shape)
+        if dtype.is_floating_point:
+            out.append(torch.randn(shape, device=device).to(dtype))
+        elif dtype == torch.bool:
+            out.append(torch.rand(shape, device=device) > 0.5)
+        else:
+            high = max(1, bounds.get(name, 16))
+            out.append(torch.randint(0, high, shape, device=device, dtype=dtype))
+    return out
+
+
+def time_whole_model(op_timer: OpTimer, mg, path: str) -> tuple[float, float]:
+    """(forward_s, backward_s) of the whole converted model, as one stage of it runs."""
+    from runners.onnx_to_torch import convert
+
+    gm = convert(path, weights="random").to(op_timer.timer.device)
+    args = _whole_model_inputs(mg, list(gm.input_names), op_timer.timer.device)
+    fwd, bwd = op_timer._time(gm, args, [])
+    return fwd, bwd or 0.0
+
+
+def _model_key(req: ModelRequest) -> str:
+    b = req.bindings
+    parts = [Path(req.path).name]
+    if b.batch is not None:
+        parts.append(f"batch={b.batch}")
+    parts += [f"{k}={v}" for k, v in sorted(b.dims.items())]
+    parts += [f"{k}={'x'.join(map(str, v))}" for k, v in sorted(b.input_shapes.items())]
+    return " ".join(parts)
+
+
+#: Bounds of the context correction (whole model / sum of isolated operators).
+CONTEXT_SCALE_BOUNDS = (0.25, 4.0)
+
+
+class _ModelOps:
+    """The operator part of a calibration: per-signature timings, whole-model scales."""
+
+    def __init__(self, op_timer: OpTimer, extend: Profile | None, context: bool):
+        self.op_timer = op_timer
+        self.context = context
+        self.ops: dict[str, OpTiming] = dict(extend.ops) if extend is not None else {}
+        self.reports: dict[str, dict] = dict(extend.models) if extend is not None else {}
+        self.isolated: dict[str, tuple[float, float]] = {}
+        self.owner: dict[str, str] = {}
+        self.failures: list[str] = []
+        self.runs: list[tuple[ModelRequest, object, dict]] = []
+
+    def plan_steps(self, requests: Sequence[ModelRequest]) -> list[tuple[str, Callable[[], None]]]:
+        from planner.graph import load_graph
+
+        steps: list[tuple[str, Callable[[], None]]] = []
+        for req in requests:
+            mg = load_graph(req.path, req.bindings)
+            key = _model_key(req)
+            whole: dict = {}
+            self.runs.append((req, mg, whole))
+            for name, data in mg.graph.nodes(data=True):
+                sig = data["signature"]
+                if data["folded"] or sig in self.ops or sig in self.owner:
+                    continue
+                self.owner[sig] = key
+                steps.append(
+                    (f"{data['op_type']} of {Path(req.path).name}", self._op_step(mg, name, sig))
+                )
+            if self.context:
+                steps.append((f"whole {Path(req.path).name}", self._whole_step(mg, req, whole)))
+        return steps
+
+    def _op_step(self, mg, name: str, sig: str) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                self.isolated[sig] = self.op_timer.time_node(mg, name)
+            except Exception as exc:  # an op the converter or torch cannot run: roofline
+                text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+                op = mg.graph.nodes[name]["op_type"]
+                self.failures.append(f"{op} in {Path(mg.path).name}: {type(exc).__name__} {text}")
+
+        return run
+
+    def _whole_step(self, mg, req: ModelRequest, whole: dict) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                whole["forward_s"], whole["backward_s"] = time_whole_model(
+                    self.op_timer, mg, str(req.path)
+                )
+            except Exception as exc:
+                text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+                whole["error"] = f"{type(exc).__name__} {text}"
+
+        return run
+
+    def _isolated_of(self, sig: str) -> tuple[float, float] | None:
+        if sig in self.isolated:
+            return self.isolated[sig]
+        known = self.ops.get(sig)
+        if known is None:
+            return None
+        return (
+            known.isolated_forward_s if known.isolated_forward_s is not None else known.forward_s,
+            known.isolated_backward_s
+            if known.isolated_backward_s is not None
+            else known.backward_s,
+        )
+
+    def finish(self) -> None:
+        """Scale each model's new operators by its whole-model / sum-of-operators ratio."""
+        lo, hi = CONTEXT_SCALE_BOUNDS
+        call = self.op_timer.overhead
+        for req, mg, whole in self.runs:
+            key = _model_key(req)
+            nodes = [d for _, d in mg.graph.nodes(data=True) if not d["folded"]]
+            times = [self._isolated_of(d["signature"]) for d in nodes]
+            sum_f = sum(t[0] for t in times if t is not None)
+            sum_b = sum(t[1] for t in times if t is not None)
+            scale_f = scale_b = 1.0
+            report: dict = {
+                "operators": len(nodes),
+                "timed_operators": sum(t is not None for t in times),
+                "sum_isolated_forward_s": sum_f,
+                "sum_isolated_backward_s": sum_b,
+            }
+            if "forward_s" in whole and sum_f > 0:
+                scale_f = (whole["forward_s"] - call["forward_call_s"]) / sum_f
+                scale_b = (
+                    (whole["backward_s"] - call["backward_call_s"]) / sum_b if sum_b > 0 else 1.0
+                )
+                scale_f = min(hi, max(lo, scale_f))
+                scale_b = min(hi, max(lo, scale_b))
+                report |= {
+                    "whole_forward_s": whole["forward_s"],
+                    "whole_backward_s": whole["backward_s"],
+                }
+            elif "error" in whole:
+                report["whole_error"] = whole["error"]
+            report |= {"forward_scale": round(scale_f, 4), "backward_scale": round(scale_b, 4)}
+            self.reports[key] = report
+            for _, data in mg.graph.nodes(data=True):
+                sig = data["signature"]
+                if data["folded"] or self.owner.get(sig) != key or sig not in self.isolated:
+                    continue
+                f, b = self.isolated[sig]
+                self.ops[sig] = OpTiming(
+                    op_type=data["op_type"],
+                    forward_s=f * scale_f,
+                    backward_s=b * scale_b,
+                    isolated_forward_s=f,
+                    isolated_backward_s=b,
+                    dtype=_op_dtype(mg, data),
+                    model=Path(req.path).name,
+                )
+
+
+def _op_dtype(mg, data: dict) -> str:
+    for tensor in (*data["outputs"], *data["inputs"]):
+        info = mg.tensors.get(tensor)
+        if info is not None and info.is_float:
+            return _float_dtype_name(info.dtype)
+    return "fp32"
+
+
+# ------------------------------------------------------------------ the whole calibration
+
+
+def _machine(device: torch.device) -> dict:
+    info: dict = {
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["gpu_count"] = torch.cuda.device_count()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / 1e9
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        return 16.0
+
+
+def _device_name(device: torch.device, threads: int, machine: dict) -> str:
+    if device.type == "cuda":
+        return f"{machine.get('gpu', 'GPU')} (measured)"
+    cpu = machine.get("cpu_model", "CPU")
+    return f"CPU {cpu} ({threads} thread{'s' * (threads != 1)}, measured)"
+
+
+def calibrate(
+    device: str = "cpu",
+    models: Sequence[ModelRequest] = (),
+    *,
+    quick: bool = False,
+    threads: int | None = None,
+    peak_tflops: float | None = None,
+    link: bool = True,
+    context: bool = True,
+    extend: Profile | None = None,
+    progress: Progress | None = None,
+    note: str = "",
+) -> Profile:
+    """Measure the local `device` ('cpu' or 'cuda') and return a fitted `Profile`.
+
+    `models`: also time every distinct operator of these. `extend`: keep that profile's
+    device, link and operators (measure only the operators it lacks). `peak_tflops`: the
+    vendor fp32 peak, to split the fitted rate into peak and efficiency (see the module
+    docstring). `progress(what, done, total)` is called before each measurement.
+    """
+    if device not in ("cpu", "cuda"):
+        raise PipeplanError(f"--device must be cpu or cuda (got {device!r})")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PipeplanError("--device cuda: torch sees no CUDA device here")
+    if threads is not None and threads < 1:
+        raise PipeplanError(f"--threads must be at least 1 (got {threads})")
+    if peak_tflops is not None and not peak_tflops > 0:
+        raise PipeplanError(f"--peak-tflops must be positive (got {peak_tflops})")
+    if extend is not None:
+        threads = threads or extend.threads
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    dev = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
+    sizes = Sizes.quick() if quick else Sizes.full()
+    timer = Timer(dev, sizes)
+    for req in models:
+        if not Path(req.path).exists():
+            raise PipeplanError(f"model file not found: {req.path}")
+
+    steps: list[tuple[str, Callable[[], None]]] = []
+    raw: dict = dict(extend.measurements) if extend is not None else {}
+    results: dict = {}
+
+    if extend is None:
+        steps.append(
+            ("launch overhead", lambda: results.__setitem__("launch", _launch_points(timer)))
+        )
+        steps.append(
+            (
+                "GEMM fp32",
+                lambda: results.__setitem__(
+                    "gemm_fp32",
+                    _gemm_points(timer, [(s, s, s) for s in sizes.gemm_square], torch.float32),
+                ),
+            )
+        )
+        steps.append(
+            (
+                "GEMM skinny",
+                lambda: results.__setitem__(
+                    "gemm_skinny", _gemm_points(timer, sizes.gemm_skinny, torch.float32)
+                ),
+            )
+        )
+        half = [("tf32", torch.float32)] if dev.type == "cuda" else []
+        half += _half_dtypes(dev)
+        for name, dt in half:
+
+            def run_half(name=name, dt=dt):
+                try:
+                    if name == "tf32":
+                        torch.backends.cuda.matmul.allow_tf32 = True
+                    results[f"gemm_{name}"] = _gemm_points(
+                        timer, [(s, s, s) for s in sizes.half_square], dt
+                    )
+                except (RuntimeError, TypeError) as exc:
+                    results[f"gemm_{name}"] = {"absent": str(exc).splitlines()[0][:200]}
+                finally:
+                    if name == "tf32":
+                        torch.backends.cuda.matmul.allow_tf32 = False
+
+            steps.append((f"GEMM {name}", run_half))
+        steps.append(
+            (
+                "elementwise add",
+                lambda: results.__setitem__("elementwise", _elementwise_points(timer)),
+            )
+        )
+        steps.append(("convolution", lambda: results.__setitem__("conv", _conv_points(timer))))
+        if link:
+            backend = "nccl" if dev.type == "cuda" and torch.cuda.device_count() >= 2 else "gloo"
+
+            def run_link(backend=backend):
+                results["link_backend"] = backend
+                results["pingpong"] = measure_link(sizes, threads, backend)
+
+            steps.append((f"link ping-pong ({'gloo' if backend == 'gloo' else backend})", run_link))
+
+    op_timer = OpTimer(timer)
+    model_ops = _ModelOps(op_timer, extend, context)
+    if models:
+        steps.append(("operator call overhead", op_timer.measure_overhead))
+        steps += model_ops.plan_steps(models)
+
+    total = len(steps)
+    for i, (what, fn) in enumerate(steps):
+        if progress is not None:
+            progress(what, i, total)
+        fn()
+    if progress is not None:
+        progress("done", total, total)
+
+    if extend is not None:
+        device_fig, link_fig, fit = extend.device, extend.link, dict(extend.fit)
+    else:
+        machine = _machine(dev)
+        device_fig, link_fig, fit = _fit(results, dev, threads, peak_tflops, machine)
+        raw = dict(results)
+    model_ops.finish()
+    overhead = dict(extend.overhead) if extend is not None else {}
+    if models:
+        overhead = {k: float(v) for k, v in op_timer.overhead.items()}
+    if model_ops.failures:
+        fit["op_failures"] = model_ops.failures
+    return Profile(
+        device=device_fig,
+        link=link_fig,
+        ops=model_ops.ops,
+        models=model_ops.reports,
+        overhead=overhead,
+        fit=fit,
+        measurements=raw,
+        machine=extend.machine if extend is not None else _machine(dev),
+        threads=threads,
+        torch_version=torch.__version__,
+        created=datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
+        note=note or (extend.note if extend is not None else ""),
+    )
+
+
+def _fit(results: dict, dev: torch.device, threads: int, peak_tflops: float | None, machine: dict):
+    launch = results["launch"]
+    plain_s = launch["plain_s"]
+    # --- GEMM: t = c0 + f / R on the square sizes, relative least squares
+    square = results["gemm_fp32"]
+    c0, inv_rate = fit_line_relative([p["flops"] for p in square], [p["seconds"] for p in square])
+    rate = 1.0 / inv_rate
+    if peak_tflops is not None:
+        ce = min(1.0, rate / (peak_tflops * 1e12))
+        peak = max(peak_tflops * 1e12, rate)
+    else:
+        ce = DEFAULT_COMPUTE_EFFICIENCY
+        peak = rate / ce
+    half_eff = max(1.0, (c0 - plain_s) * rate)
+    gemm_pred = [(p["flops"] + half_eff) / rate + plain_s for p in square]
+    # --- elementwise: effective B from allocating adds; bandwidth = best streaming rate
+    elem = results["elementwise"]
+    c_mem, inv_b = fit_line_relative([p["bytes"] for p in elem], [p["allocating_s"] for p in elem])
+    effective = 1.0 / inv_b
+    streaming = elem[-1]["bytes"] / elem[-1]["streaming_s"]
+    bandwidth = max(streaming, effective)
+    mem_eff = effective / bandwidth
+    elem_pred = [c_mem + p["bytes"] / effective for p in elem]
+
+    def roofline(flops: float, nbytes: float) -> float:
+        return max((flops + half_eff) / rate, nbytes / effective) + plain_s
+
+    skinny = results["gemm_skinny"]
+    skinny_pred = [
+        roofline(p["flops"], 4 * (p["m"] * p["k"] + p["k"] * p["n"] + p["m"] * p["n"]))
+        for p in skinny
+    ]
+    conv = results["conv"]
+    for p in conv:
+        nbytes = 4 * (p["n"] * p["c"] * p["hw"] ** 2 * 2 + p["k"] * p["c"] * p["kernel"] ** 2)
+        p["predicted_s"] = roofline(p["flops"], nbytes)
+        p["measured_over_predicted"] = round(p["seconds"] / p["predicted_s"], 3)
+    peaks = {"fp32": peak / 1e12}
+    half_fits = {}
+    for name in ("tf32", "bf16", "fp16"):
+        pts = results.get(f"gemm_{name}")
+        if not isinstance(pts, list) or not pts:
+            continue
+        if len(pts) >= 2:
+            _, inv = fit_line_relative([p["flops"] for p in pts], [p["seconds"] for p in pts])
+            r = 1.0 / inv
+        else:
+            r = max(p["gflops"] for p in pts) * 1e9
+        peaks[name] = r / ce / 1e12
+        half_fits[name] = {
+            "rate_gflops": round(r / 1e9, 2),
+            "best_gflops": round(max(p["gflops"] for p in pts), 2),
+        }
+    device = ProfileDevice(
+        name=_device_name(dev, threads, machine),
+        peak_tflops={k: float(f"{v:.6g}") for k, v in peaks.items()},
+        memory_GB=float(f"{_memory_gb(dev):.4g}"),
+        bandwidth_GBps=float(f"{bandwidth / 1e9:.5g}"),
+        launch_overhead_us=float(f"{launch['autograd_s'] * 1e6:.4g}"),
+        compute_efficiency=ce,
+        memory_efficiency=float(f"{mem_eff:.4g}"),
+        half_efficiency_flops=float(f"{half_eff:.4g}"),
+    )
+    fit = {
+        "gemm": {
+            "model": "t = (flops + half_efficiency_flops) / R + plain_launch, R = peak * compute_efficiency",
+            "rate_gflops": round(rate / 1e9, 3),
+            "intercept_us": round(c0 * 1e6, 3),
+            "plain_launch_us": round(plain_s * 1e6, 3),
+            "best_gflops": round(max(p["gflops"] for p in square), 3),
+            "compute_efficiency": "measured vs --peak-tflops"
+            if peak_tflops
+            else f"fixed at {DEFAULT_COMPUTE_EFFICIENCY} (no vendor peak given)",
+            "mape_percent": round(mape(gemm_pred, [p["seconds"] for p in square]), 2),
+            "skinny_mape_percent": round(mape(skinny_pred, [p["seconds"] for p in skinny]), 2),
+        },
+        "half": half_fits,
+        "elementwise": {
+            "model": "t = c + bytes / (bandwidth * memory_efficiency), allocating a + b",
+            "effective_GBps": round(effective / 1e9, 3),
+            "streaming_GBps": round(streaming / 1e9, 3),
+            "intercept_us": round(c_mem * 1e6, 3),
+            "mape_percent": round(mape(elem_pred, [p["allocating_s"] for p in elem]), 2),
+        },
+        "conv": {
+            "measured_over_predicted": [p["measured_over_predicted"] for p in conv],
+        },
+    }
+    link_fig = None
+    if "pingpong" in results:
+        link_fig, link_fit = fit_link(results["pingpong"], results.get("link_backend", "gloo"))
+        fit["link"] = link_fit
+    return device, link_fig, fit
+
+
+def profile_summary(profile: Profile) -> list[tuple[str, str]]:
+    """Rows (what, value) describing a profile, for the CLI."""
+    d = profile.device
+    rows = [
+        ("device", d.name),
+        ("threads", str(profile.threads)),
+        (
+            "peak TFLOP/s",
+            ", ".join(f"{k} {v:.4g}" for k, v in d.peak_tflops.items()),
+        ),
+        ("compute efficiency", f"{d.compute_efficiency:.3g}"),
+        ("half-efficiency FLOPs", f"{d.half_efficiency_flops:.3g}"),
+        ("memory bandwidth", f"{d.bandwidth_GBps:.4g} GB/s x {d.memory_efficiency:.3g}"),
+        ("launch overhead", f"{d.launch_overhead_us:.3g} us"),
+        ("memory", f"{d.memory_GB:.4g} GB"),
+    ]
+    gemm = profile.fit.get("gemm")
+    if isinstance(gemm, dict):
+        rows.append(
+            ("GEMM fit", f"{gemm.get('rate_gflops')} GFLOP/s, MAPE {gemm.get('mape_percent')}%")
+        )
+    if profile.link is not None:
+        rows.append(
+            (
+                "link",
+                f"{profile.link.bandwidth_GBps:.4g} GB/s, {profile.link.latency_us:.3g} us ({profile.link.backend})",
+            )
+        )
+    rows.append(("operators", str(len(profile.ops))))
+    return rows
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "pingpong":
+        sys.exit(_pingpong_main(sys.argv[2:]))
+    print(
+        "usage: python -m runners.calibrate pingpong RANK PORT BACKEND SIZES REPEATS OUT",
+        file=sys.stderr,
+    )
+    sys.exit(2)

@@ -1,0 +1,293 @@
+"""Calibration: `pipeplan calibrate --quick` profiles, clusters of profiled devices, measured
+op times in plans, one-line errors, and the planning path staying torch-free."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from cost.cluster import load_cluster
+from cost.profile import Profile, load_profile, measured_op, profile_from_dict
+from planner.errors import PipeplanError
+
+ROOT = Path(__file__).resolve().parents[1]
+MLP = ROOT / "samples" / "models" / "mlp.onnx"
+GPT = ROOT / "samples" / "models" / "gpt.onnx"
+
+
+def pipeplan(
+    *args: str, env: dict | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "planner.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+
+
+def assert_one_error_line(result, *fragments: str, code: int = 2) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def profile_path(tmp_path_factory) -> Path:
+    """One quick calibration through the CLI (with the link and the MLP's operators)."""
+    out = tmp_path_factory.mktemp("calibration") / "cpu.yaml"
+    result = pipeplan("calibrate", "--quick", "--model", str(MLP), "--batch", "4", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.exists()
+    return out
+
+
+def write_cluster(folder: Path, profile: str, name: str = "c.yaml", extra: str = "") -> Path:
+    path = folder / name
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            name: measured
+            nodes:
+              - name: n0
+                devices: [{{profile: {profile}, count: 2{extra}}}]
+                link: {{profile: {profile}}}
+            """
+        )
+    )
+    return path
+
+
+# ------------------------------------------------------------------ the profile
+
+
+def test_quick_profile_is_valid(profile_path: Path) -> None:
+    text = profile_path.read_text()
+    assert text.startswith("# pipeplan calibration profile")
+    profile = profile_from_dict(yaml.safe_load(text), str(profile_path))
+    d = profile.device
+    assert d.peak_tflops["fp32"] > 0 and all(v > 0 for v in d.peak_tflops.values())
+    assert d.memory_GB > 0 and d.bandwidth_GBps > 0 and d.launch_overhead_us > 0
+    assert d.half_efficiency_flops > 0
+    for eff in (d.compute_efficiency, d.memory_efficiency):
+        assert 0 < eff <= 1
+    assert profile.link is not None
+    assert profile.link.bandwidth_GBps > 0 and profile.link.latency_us >= 0
+    assert profile.link.efficiency == 1.0
+    assert profile.threads == 1  # OMP_NUM_THREADS=1
+    assert profile.torch_version and profile.created
+    assert profile.machine["cpus"] >= 1
+    # every operator of the MLP was timed, forward and backward, at fp32
+    from planner.graph import load_graph
+    from planner.shapes import ShapeBindings
+
+    mg = load_graph(MLP, ShapeBindings(batch=4))
+    sigs = {d["signature"] for _, d in mg.graph.nodes(data=True) if not d["folded"]}
+    assert sigs <= set(profile.ops)
+    assert all(
+        t.forward_s >= 0 and t.backward_s >= 0 and t.dtype == "fp32" for t in profile.ops.values()
+    )
+    gemms = [t for t in profile.ops.values() if t.op_type == "Gemm"]
+    assert gemms and all(t.forward_s > 0 for t in gemms)
+    (report,) = profile.models.values()
+    assert report["timed_operators"] == report["operators"] == len(mg.op_nodes)
+    # raw points are kept
+    assert profile.measurements["gemm_fp32"] and profile.measurements["pingpong"]
+
+
+def test_fit_line_relative_recovers_a_line() -> None:
+    from runners.calibrate import fit_line_relative
+
+    x = np.array([1e5, 1e6, 1e7, 1e8, 1e9])
+    t = 3e-6 + x / 9e10
+    a, b = fit_line_relative(x, t)
+    assert a == pytest.approx(3e-6, rel=1e-6)
+    assert 1 / b == pytest.approx(9e10, rel=1e-6)
+    a, b = fit_line_relative(x, x / 5e10)  # through the origin
+    assert a == pytest.approx(0, abs=1e-12) and 1 / b == pytest.approx(5e10, rel=1e-6)
+
+
+def test_extend_times_only_new_operators(profile_path: Path) -> None:
+    from planner.shapes import ShapeBindings
+    from runners.calibrate import ModelRequest, calibrate
+
+    base = load_profile(profile_path)
+    ext = calibrate(
+        models=[ModelRequest(str(GPT), ShapeBindings(batch=1))],
+        quick=True,
+        extend=base,
+        context=False,
+    )
+    assert ext.device == base.device and ext.link == base.link
+    assert set(base.ops) < set(ext.ops)
+    for sig, timing in base.ops.items():
+        assert ext.ops[sig] == timing
+    assert any(t.model == "gpt.onnx" and t.op_type == "MatMul" for t in ext.ops.values())
+
+
+# ------------------------------------------------------------------ clusters and plans
+
+
+def test_cluster_of_profiled_devices(profile_path: Path, tmp_path: Path) -> None:
+    profile = load_profile(profile_path)
+    (tmp_path / "p.yaml").write_text(profile_path.read_text())
+    cluster = load_cluster(write_cluster(tmp_path, "p.yaml"))  # relative to the cluster file
+    assert cluster.num_devices == 2
+    dev = cluster.device("n0.0")
+    assert dev.profile == str(tmp_path / "p.yaml")
+    for field in ("peak_tflops", "memory_GB", "bandwidth_GBps", "launch_overhead_us"):
+        assert getattr(dev, field) == getattr(profile.device, field)
+    link = cluster.link_between("n0.0", "n0.1")
+    assert link.bandwidth_GBps == profile.link.bandwidth_GBps
+    assert link.latency_us == profile.link.latency_us and link.efficiency == 1.0
+    # overrides apply over the measured figures; a profile file alone is a one-device cluster
+    small = load_cluster(write_cluster(tmp_path, "p.yaml", "c2.yaml", ", memory_GB: 0.5"))
+    assert small.device("n0.1").memory_GB == 0.5
+    assert small.device("n0.1").peak_tflops == profile.device.peak_tflops
+    assert load_cluster(tmp_path / "p.yaml").num_devices == 1
+    # the existing forms keep working next to it
+    mixed = tmp_path / "m.yaml"
+    mixed.write_text(
+        "devices: [1x CPU, {profile: p.yaml}, {like: CPU, memory_GB: 4}]\nlink: loopback\n"
+    )
+    assert [d.name for d in (load_cluster(mixed).device(f"n0.{i}") for i in range(3))][0] == "CPU"
+
+
+def test_plan_uses_measured_op_times(profile_path: Path, tmp_path: Path) -> None:
+    from planner.api import plan
+    from planner.config import PlanConfig
+    from planner.inspection import load_model
+    from planner.problem import build_problem
+    from planner.shapes import ShapeBindings
+
+    profile = load_profile(profile_path)
+    cluster = load_cluster(write_cluster(tmp_path, str(profile_path)))
+    bindings = ShapeBindings(batch=4)
+    mg, lg = load_model(MLP, bindings)
+    problem = build_problem(mg, lg, cluster, PlanConfig(stages=2))
+    assert len(problem.groups) == 1
+    for layer, cost in zip(lg.layers, problem.layers, strict=True):
+        sigs = [mg.graph.nodes[n]["signature"] for n in layer.nodes]
+        assert cost.forward_s[0] == pytest.approx(sum(profile.ops[s].forward_s for s in sigs))
+        assert cost.backward_s[0] == pytest.approx(sum(profile.ops[s].backward_s for s in sigs))
+    p = plan(MLP, cluster, PlanConfig(stages=2, microbatches=4), bindings)
+    for stage in p.stages:
+        sigs = [mg.graph.nodes[n]["signature"] for n in stage.nodes]
+        assert stage.forward_ms == pytest.approx(1e3 * sum(profile.ops[s].forward_s for s in sigs))
+    # at another dtype the measured fp32 times do not apply: roofline with the fitted figures
+    sig = next(iter(profile.ops))
+    assert measured_op(str(profile_path), sig, "fp32") is not None
+    assert measured_op(str(profile_path), sig, "bf16") is None
+    assert measured_op(str(tmp_path / "gone.yaml"), sig, "fp32") is None
+
+
+def test_planning_with_a_profile_stays_torch_free(profile_path: Path, tmp_path: Path) -> None:
+    cluster = write_cluster(tmp_path, str(profile_path))
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from planner.api import plan
+        from planner.config import PlanConfig
+        from planner.shapes import ShapeBindings
+        p = plan({str(MLP)!r}, {str(cluster)!r}, PlanConfig(stages=2), ShapeBindings(batch=4))
+        assert p.stages[0].device_kind.endswith("measured)"), p.stages[0].device_kind
+        assert "torch" not in sys.modules, "planning imported torch"
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_missing_profile_is_one_line_error(tmp_path: Path) -> None:
+    cluster = write_cluster(tmp_path, "nowhere.yaml")
+    assert_one_error_line(
+        pipeplan("cluster", str(cluster)), "profile file not found", "nowhere.yaml"
+    )
+    assert_one_error_line(
+        pipeplan("plan", str(MLP), "--cluster", str(cluster), "--batch", "2"),
+        "profile file not found",
+    )
+    with pytest.raises(PipeplanError, match="nodes\\[0\\].devices: profile file not found"):
+        load_cluster(cluster)
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("device: [unclosed\n", "invalid YAML in profile"),
+        ("device: {name: x}\n", "invalid profile"),
+        ("schema_version: 9\ndevice: {name: x}\n", "schema_version 9"),
+    ],
+)
+def test_bad_profile_is_one_line_error(tmp_path: Path, text: str, fragment: str) -> None:
+    (tmp_path / "bad.yaml").write_text(text)
+    cluster = write_cluster(tmp_path, "bad.yaml")
+    assert_one_error_line(pipeplan("cluster", str(cluster)), fragment)
+
+
+def test_profile_without_link(profile_path: Path, tmp_path: Path) -> None:
+    data = yaml.safe_load(profile_path.read_text())
+    del data["link"]
+    (tmp_path / "nolink.yaml").write_text(yaml.safe_dump(data))
+    assert isinstance(load_profile(tmp_path / "nolink.yaml"), Profile)
+    assert_one_error_line(
+        pipeplan("cluster", str(write_cluster(tmp_path, "nolink.yaml"))), "has no measured link"
+    )
+
+
+def test_calibrate_cli_errors(tmp_path: Path) -> None:
+    assert_one_error_line(
+        pipeplan("calibrate", "--quick", "-o", str(tmp_path / "no" / "p.yaml")),
+        "output folder does not exist",
+    )
+    assert_one_error_line(
+        pipeplan("calibrate", "--quick", "--batch", "2", "-o", str(tmp_path / "p.yaml")),
+        "need --model",
+    )
+    assert_one_error_line(
+        pipeplan("calibrate", "--quick", "--model", "nope.onnx", "-o", str(tmp_path / "p.yaml")),
+        "model file not found",
+    )
+    assert_one_error_line(
+        pipeplan("calibrate", "--quick", "--device", "tpu", "-o", str(tmp_path / "p.yaml")),
+        "--device must be cpu or cuda",
+    )
+    assert not (tmp_path / "p.yaml").exists()
+
+
+# ------------------------------------------------------------------ signatures
+
+
+def test_signatures_are_stable_and_shared() -> None:
+    from planner.graph import load_graph
+    from planner.shapes import ShapeBindings
+
+    a = load_graph(GPT, ShapeBindings(batch=2))
+    b = load_graph(GPT, ShapeBindings(batch=2))
+    sig_a = {n: d["signature"] for n, d in a.graph.nodes(data=True)}
+    assert sig_a == {n: d["signature"] for n, d in b.graph.nodes(data=True)}
+    ops = [d for _, d in a.graph.nodes(data=True) if not d["folded"]]
+    # the four transformer blocks are alike: far fewer signatures than operators
+    assert len({d["signature"] for d in ops}) < len(ops) / 3
+    first_matmul = next(d for d in ops if d["op_type"] == "MatMul" and "w" in d["input_roles"])
+    assert first_matmul["signature"].startswith("MatMul||float[2,")
+    c = load_graph(GPT, ShapeBindings(batch=3))  # other shapes, other signatures
+    sig_c = {d["signature"] for _, d in c.graph.nodes(data=True) if d["op_type"] == "MatMul"}
+    assert not sig_c & {d["signature"] for d in ops if d["op_type"] == "MatMul"}
