@@ -75,6 +75,14 @@ def register(app: typer.Typer) -> None:
                 "models' operators it lacks.",
             ),
         ] = None,
+        concurrency: Annotated[
+            int,
+            typer.Option(
+                "--concurrency",
+                help="Time the models' operators while N-1 other processes run the same model "
+                "(the host's other devices busy, as in a pipeline run of N processes on it).",
+            ),
+        ] = 1,
         no_link: Annotated[
             bool, typer.Option("--no-link", help="Skip the two-process link ping-pong.")
         ] = False,
@@ -117,6 +125,7 @@ def register(app: typer.Typer) -> None:
                 peak_tflops=peak_tflops,
                 link=not no_link,
                 context=not no_context,
+                concurrency=concurrency,
                 extend=base,
                 progress=progress,
                 note=note,

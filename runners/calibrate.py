@@ -20,26 +20,45 @@ repeats, a few seconds in all), and what it becomes in the profile (`cost.profil
   cost.devices assumes for large GEMMs) and `peak = R / 0.9`. Every predicted time depends
   on `R` only, so this convention changes no prediction. Half types: the same fit (or
   the best rate when fewer than two sizes ran) gives their `peak_tflops` entry.
-* **Elementwise add** of large tensors: `bandwidth_GBps` is the best streaming rate of
-  `torch.add(a, b, out=c)` (3 x 4 bytes per element) at the largest size; the roofline's
-  effective rate `B = bandwidth * memory_efficiency` is fitted as `t = c + bytes / B` on
-  allocating adds (`a + b`, what a model's operators do) over the sizes, relative error;
-  `memory_efficiency = B / bandwidth` (`bandwidth` is raised to `B` if caches make `B`
-  larger, so the efficiency stays in (0, 1]).
+* **Elementwise add**, 16 K to 4 M elements (the largest, 3 x 16 MiB, is beyond the caches
+  of most CPUs, and below glibc's 32 MiB mmap ceiling, above which every allocation
+  page-faults): `bandwidth_GBps` is the streaming rate of `torch.add(a, b, out=c)`
+  (3 x 4 bytes per element) at the largest size; the roofline's effective rate
+  `B = bandwidth * memory_efficiency` is fitted as `t = c + bytes / B` (relative error)
+  on allocating adds (`a + b`, what a model's operators do) of tensors of 1 MiB or more
+  (smaller ones are launch-bound); `memory_efficiency = B / bandwidth` (`bandwidth` is
+  raised to `B` when caches make `B` larger, so the efficiency stays in (0, 1]).
 * **Convolutions** (3x3 and 1x1): recorded with the fitted GEMM model's prediction
   (measured / predicted), as a check; not fitted.
 * **Launch overhead**: a one-element add with autograd on (an input that requires grad,
   as in training): `launch_overhead_us`. The plain dispatch (no autograd) is recorded too.
 * **Link**: two local processes (`torch.distributed`, gloo; NCCL on CUDA with 2+ GPUs)
-  ping-pong messages of 4 B to 16 MB; one-way time = round trip / 2; alpha-beta fitted
-  (relative error): `link: {bandwidth_GBps, latency_us, efficiency: 1.0}`.
+  ping-pong messages of 4 B to 16 MB; quiet one-way time = round trip / 2. The runner posts
+  its `isend`s from the compute thread while the peer computes too, and on a small host
+  that costs more: with gloo, each size is also sent while both processes run a compute
+  burst, and the extra time `isend` blocks its caller (busy minus quiet median) is added.
+  Alpha-beta is fitted (relative error) to that loaded one-way time: `link:
+  {bandwidth_GBps, latency_us, efficiency: 1.0}`; the quiet fit is in `fit.link.quiet`.
 * **Operators of models** (`models=`): every distinct operator (by
   `planner.graph.op_signature`) becomes a one-node ONNX model, converted with
   `runners.onnx_to_torch.convert(weights="random")` and timed as the runner runs it:
   forward under autograd, then `torch.autograd.backward` to its inputs that carry a
-  gradient and its parameters. The time of calling an empty converted module (forward)
-  and of an empty backward call is measured and subtracted (`overhead:`): a stage pays
-  those once, not once per operator. `ops: {signature: {op_type, forward_s, backward_s}}`.
+  gradient and its parameters, with ready-made output gradients. The time of calling an
+  empty converted module (forward) and of an empty backward call is measured and
+  subtracted (`overhead:`): a stage pays those once, not once per operator.
+  *Context correction*: an operator alone runs warmer than inside its model (caches, the
+  allocator: on glibc, memory freed after a backward is returned to the system and faults
+  back in). The whole converted model is timed the same way, three times (before, amid and
+  after its operators, since a shared machine's speed drifts), and each new operator's
+  times are scaled by the model's median whole-model time over the sum of its operators'
+  isolated times (forward and backward apart, bounded to [0.25, 4]). Both figures are kept:
+  `ops: {signature: {op_type, forward_s, backward_s, isolated_forward_s,
+  isolated_backward_s, dtype, model}}`, `models: {model: {forward_scale, ...}}`.
+  *Concurrency* (`concurrency=N`): while a model's operators are timed, N - 1 other
+  processes run that model's forward and backward in a loop, as the other ranks of a
+  pipeline on the same host will (on CPUs, cores share caches, memory bandwidth and, on a
+  virtual machine, more: framework-bound work runs up to 1.5x slower with both cores busy
+  on the 2-core VM this was written on).
 
 Threads: `threads` (default `torch.get_num_threads()`, which follows OMP_NUM_THREADS) is
 set for every measurement and recorded. On a shared machine, repeat and compare.
@@ -70,6 +89,9 @@ from planner.shapes import ShapeBindings
 
 #: compute_efficiency used when no vendor peak is given (see the module docstring).
 DEFAULT_COMPUTE_EFFICIENCY = 0.9
+
+#: Elementwise adds of at least this many elements (1 MiB of fp32) fit the bandwidth.
+ELEMENTWISE_FIT_MIN_NUMEL = 1 << 18
 
 #: Repeats of the (microsecond) empty-module measurement, even in quick mode.
 OVERHEAD_REPEATS = 200
@@ -106,7 +128,7 @@ class Sizes:
             gemm_square=(64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048),
             gemm_skinny=((8, 1024, 1024), (64, 1024, 1024), (256, 2048, 512), (4096, 64, 64)),
             half_square=(256, 512, 1024),
-            elementwise=(1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24),
+            elementwise=(1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 21, 1 << 22),
             conv=(
                 (8, 64, 32, 32, 3),
                 (8, 128, 16, 128, 3),
@@ -381,9 +403,20 @@ def _pingpong_main(argv: list[str]) -> int:
                 torch.cuda.synchronize(dev)
             if i >= 3:
                 times.append(time.perf_counter() - start)
-        results.append(
-            {"bytes": buf.numel() * 4, "one_way_s": statistics.median(times) / 2, "repeats": reps}
-        )
+        point = {
+            "bytes": buf.numel() * 4,
+            "one_way_s": statistics.median(times) / 2,
+            "repeats": reps,
+        }
+        if backend == "gloo":
+            # How long isend blocks its caller, quiet and while both processes compute (the
+            # runner posts its sends from the compute thread); mean of the two ranks.
+            for busy in (False, True):
+                post = torch.tensor([_post_time(buf, peer, reps, busy)], dtype=torch.float64)
+                both = [torch.zeros(1, dtype=torch.float64) for _ in range(2)]
+                dist.all_gather(both, post)
+                point["post_busy_s" if busy else "post_idle_s"] = float(sum(both).item() / 2)
+        results.append(point)
     dist.barrier()
     if rank == 0:
         Path(out).write_text(json.dumps(results))
@@ -391,17 +424,63 @@ def _pingpong_main(argv: list[str]) -> int:
     return 0
 
 
+#: Matrix size and count of the compute burst around a send in the busy ping-pong phase.
+BURST_MATMUL = (128, 24)
+
+
+def _burst() -> None:
+    n, count = BURST_MATMUL
+    a = torch.ones(n, n)
+    for _ in range(count):
+        a = a @ a * (1.0 / n)
+
+
+def _post_time(buf: torch.Tensor, peer: int, reps: int, busy: bool) -> float:
+    """Median seconds `isend` blocks its caller; with `busy`, both processes compute around it."""
+    import torch.distributed as dist
+
+    sent, received = buf.clone(), torch.empty_like(buf)
+    posts = []
+    for i in range(reps + 2):
+        recv = dist.irecv(received, peer, tag=i)
+        dist.barrier()
+        if busy:
+            _burst()
+        start = time.perf_counter()
+        send = dist.isend(sent, peer, tag=i)
+        posts.append(time.perf_counter() - start)
+        if busy:
+            _burst()
+        send.wait()
+        recv.wait()
+    return statistics.median(posts[2:])
+
+
+def loaded_one_way(point: dict) -> float:
+    """One-way seconds between two busy processes: the quiet ping-pong's one-way time plus
+    the extra time `isend` blocks its caller while both compute."""
+    extra = point.get("post_busy_s", 0.0) - point.get("post_idle_s", 0.0)
+    return point["one_way_s"] + max(0.0, extra)
+
+
 def fit_link(points: list[dict], backend: str) -> tuple[ProfileLink, dict]:
-    alpha, inv_beta = fit_line_relative(
-        [p["bytes"] for p in points], [p["one_way_s"] for p in points]
-    )
+    sizes = [p["bytes"] for p in points]
+    quiet = [p["one_way_s"] for p in points]
+    loaded = [loaded_one_way(p) for p in points]
+    alpha, inv_beta = fit_line_relative(sizes, loaded)
     link = ProfileLink(
         bandwidth_GBps=1.0 / inv_beta / 1e9, latency_us=alpha * 1e6, efficiency=1.0, backend=backend
     )
-    predicted = [alpha + p["bytes"] * inv_beta for p in points]
+    q_alpha, q_inv_beta = fit_line_relative(sizes, quiet)
     fit = {
-        "model": "one_way_s = latency + bytes / bandwidth (relative least squares)",
-        "mape_percent": round(mape(predicted, [p["one_way_s"] for p in points]), 2),
+        "model": "one_way_s = latency + bytes / bandwidth (relative least squares) on the "
+        "loaded one-way time: quiet ping-pong + extra isend blocking while both processes compute",
+        "mape_percent": round(mape([alpha + n * inv_beta for n in sizes], loaded), 2),
+        "quiet": {
+            "latency_us": round(q_alpha * 1e6, 2),
+            "bandwidth_GBps": round(1.0 / q_inv_beta / 1e9, 4),
+            "mape_percent": round(mape([q_alpha + n * q_inv_beta for n in sizes], quiet), 2),
+        },
     }
     return link, fit
 
@@ -634,14 +713,121 @@ def _whole_model_inputs(mg, names: list[str], device) -> list[torch.Tensor]:
     return out
 
 
-def time_whole_model(op_timer: OpTimer, mg, path: str) -> tuple[float, float]:
-    """(forward_s, backward_s) of the whole converted model, as one stage of it runs."""
+def time_whole_model(
+    op_timer: OpTimer, mg, path: str, cache: dict | None = None
+) -> tuple[float, float]:
+    """(forward_s, backward_s) of the whole converted model, as one stage of it runs.
+
+    `cache` (a dict) keeps the converted module and inputs between calls."""
     from runners.onnx_to_torch import convert
 
-    gm = convert(path, weights="random").to(op_timer.timer.device)
-    args = _whole_model_inputs(mg, list(gm.input_names), op_timer.timer.device)
-    fwd, bwd = op_timer._time(gm, args, [])
+    cache = {} if cache is None else cache
+    if "module" not in cache:
+        gm = convert(path, weights="random").to(op_timer.timer.device)
+        cache["module"] = gm
+        cache["args"] = _whole_model_inputs(mg, list(gm.input_names), op_timer.timer.device)
+    fwd, bwd = op_timer._time(cache["module"], cache["args"], [])
     return fwd, bwd or 0.0
+
+
+class BackgroundLoad:
+    """`count` processes running a model's whole forward and backward in a loop.
+
+    While operators are timed on one core, the host's other cores do what they will do in
+    a pipeline run: the same kind of work (a CPU's cores share caches, memory bandwidth and,
+    on a virtual machine, more). Each process signals readiness through a file once it has
+    converted the model and run it once; `stop` kills them.
+    """
+
+    def __init__(self, req: ModelRequest, count: int, threads: int):
+        self.req = req
+        self.count = count
+        self.threads = threads
+        self.procs: list[subprocess.Popen] = []
+        self.tmp: tempfile.TemporaryDirectory | None = None
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="pipeplan-load-")
+        b = self.req.bindings
+        spec = json.dumps(
+            {
+                "path": str(self.req.path),
+                "dims": dict(b.dims),
+                "batch": b.batch,
+                "input_shapes": {k: list(v) for k, v in b.input_shapes.items()},
+            }
+        )
+        env = dict(os.environ)
+        env["OMP_NUM_THREADS"] = str(self.threads)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")) if p
+        )
+        for i in range(self.count):
+            ready = Path(self.tmp.name) / f"ready{i}"
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "runners.calibrate", "load", spec, str(ready)],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        deadline = time.monotonic() + timeout_s
+        for i, proc in enumerate(self.procs):
+            ready = Path(self.tmp.name) / f"ready{i}"
+            while not ready.exists():
+                if proc.poll() is not None:
+                    err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()
+                    self.stop()
+                    raise PipeplanError(
+                        f"background load process failed: {err[-1][:200] if err else 'no output'}"
+                    )
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise PipeplanError("background load processes did not start in time")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if proc.stderr:
+                proc.stderr.close()
+        self.procs = []
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
+
+
+def _load_main(argv: list[str]) -> int:
+    """`python -m runners.calibrate load SPEC_JSON READY_FILE`: loop a model until killed."""
+    from planner.graph import load_graph
+    from runners.onnx_to_torch import convert
+
+    spec, ready = json.loads(argv[0]), Path(argv[1])
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    bindings = ShapeBindings(
+        dims=spec["dims"],
+        batch=spec["batch"],
+        input_shapes={k: tuple(v) for k, v in spec["input_shapes"].items()},
+    )
+    mg = load_graph(spec["path"], bindings)
+    gm = convert(spec["path"], weights="random")
+    args = _whole_model_inputs(mg, list(gm.input_names), torch.device("cpu"))
+    params = [p for p in gm.parameters() if p.requires_grad]
+    first = True
+    while True:
+        with torch.enable_grad():
+            outs = gm(*args)
+        outs = outs if isinstance(outs, tuple | list) else (outs,)
+        roots = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
+        if roots and params:
+            torch.autograd.backward(roots, [torch.ones_like(r) for r in roots], inputs=params)
+        if first:
+            ready.write_text("ready")
+            first = False
 
 
 def _model_key(req: ModelRequest) -> str:
@@ -661,9 +847,20 @@ CONTEXT_SCALE_BOUNDS = (0.25, 4.0)
 class _ModelOps:
     """The operator part of a calibration: per-signature timings, whole-model scales."""
 
-    def __init__(self, op_timer: OpTimer, extend: Profile | None, context: bool):
+    def __init__(
+        self,
+        op_timer: OpTimer,
+        extend: Profile | None,
+        context: bool,
+        concurrency: int = 1,
+        threads: int = 1,
+    ):
         self.op_timer = op_timer
         self.context = context
+        self.concurrency = concurrency
+        self.threads = threads
+        self.overheads: dict[str, dict[str, float]] = {}
+        self.loads: list[BackgroundLoad] = []
         self.ops: dict[str, OpTiming] = dict(extend.ops) if extend is not None else {}
         self.reports: dict[str, dict] = dict(extend.models) if extend is not None else {}
         self.isolated: dict[str, tuple[float, float]] = {}
@@ -680,17 +877,44 @@ class _ModelOps:
             key = _model_key(req)
             whole: dict = {}
             self.runs.append((req, mg, whole))
+            first = len(steps)
+            op_steps = []
             for name, data in mg.graph.nodes(data=True):
                 sig = data["signature"]
                 if data["folded"] or sig in self.ops or sig in self.owner:
                     continue
                 self.owner[sig] = key
-                steps.append(
+                op_steps.append(
                     (f"{data['op_type']} of {Path(req.path).name}", self._op_step(mg, name, sig))
                 )
             if self.context:
-                steps.append((f"whole {Path(req.path).name}", self._whole_step(mg, req, whole)))
+                # the whole model before, amid and after its operators: the machine's speed
+                # drifts, and the ratio must compare like with like
+                whole_step = (f"whole {Path(req.path).name}", self._whole_step(mg, req, whole))
+                half = len(op_steps) // 2
+                op_steps = [whole_step, *op_steps[:half], whole_step, *op_steps[half:], whole_step]
+            steps += op_steps
+            if self.concurrency > 1:  # the other processes run this model meanwhile
+                load = BackgroundLoad(req, self.concurrency - 1, self.threads)
+                self.loads.append(load)
+                steps[first:] = [
+                    (
+                        f"{self.concurrency - 1} loaded core(s) for {Path(req.path).name}",
+                        load.start,
+                    ),
+                    (f"operator call overhead, {Path(req.path).name}", self._overhead_step(key)),
+                    *steps[first:],
+                    ("stopping the load", load.stop),
+                ]
+            else:
+                steps.insert(first, ("operator call overhead", self._overhead_step(key)))
         return steps
+
+    def _overhead_step(self, key: str) -> Callable[[], None]:
+        def run() -> None:
+            self.overheads[key] = dict(self.op_timer.measure_overhead())
+
+        return run
 
     def _op_step(self, mg, name: str, sig: str) -> Callable[[], None]:
         def run() -> None:
@@ -705,10 +929,12 @@ class _ModelOps:
 
     def _whole_step(self, mg, req: ModelRequest, whole: dict) -> Callable[[], None]:
         def run() -> None:
+            if "error" in whole:
+                return
             try:
-                whole["forward_s"], whole["backward_s"] = time_whole_model(
-                    self.op_timer, mg, str(req.path)
-                )
+                fwd, bwd = time_whole_model(self.op_timer, mg, str(req.path), whole)
+                whole.setdefault("forward", []).append(fwd)
+                whole.setdefault("backward", []).append(bwd)
             except Exception as exc:
                 text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
                 whole["error"] = f"{type(exc).__name__} {text}"
@@ -731,35 +957,43 @@ class _ModelOps:
     def finish(self) -> None:
         """Scale each model's new operators by its whole-model / sum-of-operators ratio."""
         lo, hi = CONTEXT_SCALE_BOUNDS
-        call = self.op_timer.overhead
         for req, mg, whole in self.runs:
             key = _model_key(req)
+            call = self.overheads.get(key, self.op_timer.overhead)
             nodes = [d for _, d in mg.graph.nodes(data=True) if not d["folded"]]
             times = [self._isolated_of(d["signature"]) for d in nodes]
             sum_f = sum(t[0] for t in times if t is not None)
             sum_b = sum(t[1] for t in times if t is not None)
             scale_f = scale_b = 1.0
             report: dict = {
+                "concurrency": self.concurrency,
+                "call_overhead_s": call,
                 "operators": len(nodes),
                 "timed_operators": sum(t is not None for t in times),
                 "sum_isolated_forward_s": sum_f,
                 "sum_isolated_backward_s": sum_b,
             }
-            if "forward_s" in whole and sum_f > 0:
-                scale_f = (whole["forward_s"] - call["forward_call_s"]) / sum_f
-                scale_b = (
-                    (whole["backward_s"] - call["backward_call_s"]) / sum_b if sum_b > 0 else 1.0
-                )
+            if whole.get("forward") and sum_f > 0:
+                whole_f = statistics.median(whole["forward"])
+                whole_b = statistics.median(whole["backward"])
+                scale_f = (whole_f - call["forward_call_s"]) / sum_f
+                scale_b = (whole_b - call["backward_call_s"]) / sum_b if sum_b > 0 else 1.0
                 scale_f = min(hi, max(lo, scale_f))
                 scale_b = min(hi, max(lo, scale_b))
                 report |= {
-                    "whole_forward_s": whole["forward_s"],
-                    "whole_backward_s": whole["backward_s"],
+                    "whole_forward_s": whole_f,
+                    "whole_backward_s": whole_b,
+                    "whole_rounds_ms": [
+                        [round(1e3 * f, 3), round(1e3 * b, 3)]
+                        for f, b in zip(whole["forward"], whole["backward"], strict=True)
+                    ],
                 }
             elif "error" in whole:
                 report["whole_error"] = whole["error"]
             report |= {"forward_scale": round(scale_f, 4), "backward_scale": round(scale_b, 4)}
             self.reports[key] = report
+            whole.pop("module", None)  # free the converted model
+            whole.pop("args", None)
             for _, data in mg.graph.nodes(data=True):
                 sig = data["signature"]
                 if data["folded"] or self.owner.get(sig) != key or sig not in self.isolated:
@@ -835,6 +1069,7 @@ def calibrate(
     peak_tflops: float | None = None,
     link: bool = True,
     context: bool = True,
+    concurrency: int = 1,
     extend: Profile | None = None,
     progress: Progress | None = None,
     note: str = "",
@@ -850,6 +1085,8 @@ def calibrate(
         raise PipeplanError(f"--device must be cpu or cuda (got {device!r})")
     if device == "cuda" and not torch.cuda.is_available():
         raise PipeplanError("--device cuda: torch sees no CUDA device here")
+    if concurrency < 1:
+        raise PipeplanError(f"--concurrency must be at least 1 (got {concurrency})")
     if threads is not None and threads < 1:
         raise PipeplanError(f"--threads must be at least 1 (got {threads})")
     if peak_tflops is not None and not peak_tflops > 0:
@@ -925,16 +1162,19 @@ def calibrate(
             steps.append((f"link ping-pong ({'gloo' if backend == 'gloo' else backend})", run_link))
 
     op_timer = OpTimer(timer)
-    model_ops = _ModelOps(op_timer, extend, context)
+    model_ops = _ModelOps(op_timer, extend, context, concurrency, threads)
     if models:
-        steps.append(("operator call overhead", op_timer.measure_overhead))
         steps += model_ops.plan_steps(models)
 
     total = len(steps)
-    for i, (what, fn) in enumerate(steps):
-        if progress is not None:
-            progress(what, i, total)
-        fn()
+    try:
+        for i, (what, fn) in enumerate(steps):
+            if progress is not None:
+                progress(what, i, total)
+            fn()
+    finally:
+        for load in model_ops.loads:
+            load.stop()
     if progress is not None:
         progress("done", total, total)
 
@@ -981,14 +1221,16 @@ def _fit(results: dict, dev: torch.device, threads: int, peak_tflops: float | No
         peak = rate / ce
     half_eff = max(1.0, (c0 - plain_s) * rate)
     gemm_pred = [(p["flops"] + half_eff) / rate + plain_s for p in square]
-    # --- elementwise: effective B from allocating adds; bandwidth = best streaming rate
+    # --- elementwise: effective B from allocating adds of tensors >= 1 MiB (smaller ones
+    # are launch-bound); bandwidth = the streaming rate at the largest size
     elem = results["elementwise"]
-    c_mem, inv_b = fit_line_relative([p["bytes"] for p in elem], [p["allocating_s"] for p in elem])
+    big = [p for p in elem if p["numel"] >= ELEMENTWISE_FIT_MIN_NUMEL] or elem[-1:]
+    c_mem, inv_b = fit_line_relative([p["bytes"] for p in big], [p["allocating_s"] for p in big])
     effective = 1.0 / inv_b
     streaming = elem[-1]["bytes"] / elem[-1]["streaming_s"]
     bandwidth = max(streaming, effective)
     mem_eff = effective / bandwidth
-    elem_pred = [c_mem + p["bytes"] / effective for p in elem]
+    elem_pred = [c_mem + p["bytes"] / effective for p in big]
 
     def roofline(flops: float, nbytes: float) -> float:
         return max((flops + half_eff) / rate, nbytes / effective) + plain_s
@@ -1048,7 +1290,8 @@ def _fit(results: dict, dev: torch.device, threads: int, peak_tflops: float | No
             "effective_GBps": round(effective / 1e9, 3),
             "streaming_GBps": round(streaming / 1e9, 3),
             "intercept_us": round(c_mem * 1e6, 3),
-            "mape_percent": round(mape(elem_pred, [p["allocating_s"] for p in elem]), 2),
+            "fitted_sizes": [p["numel"] for p in big],
+            "mape_percent": round(mape(elem_pred, [p["allocating_s"] for p in big]), 2),
         },
         "conv": {
             "measured_over_predicted": [p["measured_over_predicted"] for p in conv],
@@ -1096,6 +1339,8 @@ def profile_summary(profile: Profile) -> list[tuple[str, str]]:
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "pingpong":
         sys.exit(_pingpong_main(sys.argv[2:]))
+    if len(sys.argv) >= 2 and sys.argv[1] == "load":
+        sys.exit(_load_main(sys.argv[2:]))
     print(
         "usage: python -m runners.calibrate pingpong RANK PORT BACKEND SIZES REPEATS OUT",
         file=sys.stderr,

@@ -1,0 +1,314 @@
+"""How well does a calibrated plan predict the runner? (issue 8)
+
+On this machine, with OMP_NUM_THREADS=1 for every process:
+
+1. `pipeplan calibrate --concurrency 2` (1 thread) with `--model` for each sample (mlp,
+   gpt, resnet, inception; the first call measures the device and the link, the others
+   `--extend` the profile with their operators; operators are timed while a second process
+   runs the same model on the other core, as the second rank will);
+2. a 2-device cluster made of the profile (`devices: [{profile: P, count: 2}]`, `link:
+   {profile: P}`);
+3. per sample: `pipeplan plan --stages 2 --schedule 1f1b`, `pipeplan export`, then
+   `pipeplan run --steps S` (train, 2 ranks, gloo), `--runs` times, runs alternating
+   between samples;
+4. per sample: predicted against measured stage forward+backward time per micro-batch
+   (measured: the median F and B+W action of each stage in the run's trace, the first
+   step left out) and iteration time (the run report's median step after the first);
+   medians over the runs; absolute percentage errors and their mean (MAPE). Goal: MAPE
+   of the iteration time <= 15%.
+5. `ilp` against `params`: the first sample (in the order given) whose two splits differ
+   on that cluster; both bundles run `--ab-runs` times, alternating; median throughput.
+
+Prints one JSON object (and writes it to OUT/fidelity.json).
+
+    python bench/fidelity.py [--runs 3] [--steps 12] [--ab-runs 5] [--out DIR]
+                             [--profile PROFILE.yaml]   # reuse a calibration
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "samples" / "models"
+
+#: sample -> (micro-batch size, micro-batches): a few ms of compute per stage each.
+SAMPLES = {
+    "mlp": (256, 8),
+    "gpt": (8, 8),
+    "resnet": (16, 8),
+    "inception": (16, 8),
+}
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["OMP_NUM_THREADS"] = "1"
+    e["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), e.get("PYTHONPATH")) if p)
+    return e
+
+
+def pipeplan(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "planner.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env(),
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"pipeplan {' '.join(args)} failed:\n{result.stderr[-2000:]}")
+    return result
+
+
+def calibrate(profile: Path, samples: list[str]) -> float:
+    start = time.perf_counter()
+    for i, name in enumerate(samples):
+        batch, _ = SAMPLES[name]
+        extra = [] if i == 0 else ["--extend", str(profile)]
+        pipeplan(
+            "calibrate",
+            "--model",
+            str(MODELS / f"{name}.onnx"),
+            "--batch",
+            str(batch),
+            "--concurrency",
+            "2",
+            "--note",
+            "measured by bench/fidelity.py on a 2-core cloud VM (AMD EPYC, KVM), 1 thread",
+            *extra,
+            "-o",
+            str(profile),
+        )
+    return time.perf_counter() - start
+
+
+def write_cluster(path: Path, profile: Path, second: dict | None = None) -> Path:
+    import yaml
+
+    devices = (
+        [{"profile": str(profile), "count": 2}]
+        if second is None
+        else [{"profile": str(profile)}, {"profile": str(profile), **second}]
+    )
+    data = {
+        "name": path.stem,
+        "nodes": [{"name": "n0", "devices": devices, "link": {"profile": str(profile)}}],
+    }
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def plan_and_export(name: str, cluster: Path, out: Path, strategy: str = "ilp") -> dict:
+    batch, m = SAMPLES[name]
+    plan_file = out / f"{name}_{strategy}_plan.json"
+    pipeplan(
+        "plan",
+        str(MODELS / f"{name}.onnx"),
+        "--cluster",
+        str(cluster),
+        "--batch",
+        str(batch),
+        "--stages",
+        "2",
+        "--microbatches",
+        str(m),
+        "--schedule",
+        "1f1b",
+        "--strategy",
+        strategy,
+        "-o",
+        str(plan_file),
+    )
+    bundle = out / f"{name}_{strategy}_bundle"
+    pipeplan("export", str(MODELS / f"{name}.onnx"), str(plan_file), "-o", str(bundle), "--force")
+    return {"plan": json.loads(plan_file.read_text()), "bundle": bundle}
+
+
+def run_once(bundle: Path, steps: int, out: Path, tag: str) -> dict:
+    report, trace = out / f"{tag}_report.json", out / f"{tag}_trace.json"
+    pipeplan(
+        "run", str(bundle), "--steps", str(steps), "--report", str(report), "--trace", str(trace)
+    )
+    rep = json.loads(report.read_text())
+    events = [
+        e
+        for e in json.loads(trace.read_text())["traceEvents"]
+        if e.get("cat") == "measured" and e.get("ph") == "X"
+    ]
+    m = rep["microbatches"]
+    durations: dict[int, dict[str, list[float]]] = {}
+    for e in sorted(events, key=lambda e: e["ts"]):
+        match = re.fullmatch(r"([FBW])\d+ s\d+", e["name"])
+        if match:
+            op = match[1]
+            durations.setdefault(e["args"]["stage"], {}).setdefault(op, []).append(e["dur"] / 1e3)
+    per_stage = {}
+    for s, ops in sorted(durations.items()):
+        # median per action kind, the first step's m actions (warm-up) left out
+        med = {op: statistics.median(v[m:] or v) for op, v in ops.items()}
+        per_stage[s] = {
+            "forward_ms": med["F"],
+            "backward_ms": med.get("B", 0.0) + med.get("W", 0.0),
+        }
+    return {
+        "iteration_ms": rep["measured"]["iteration_ms"],
+        "throughput": rep["measured"]["throughput_samples_per_s"],
+        "per_stage": per_stage,
+    }
+
+
+def ape(predicted: float, measured: float) -> float:
+    return 100.0 * abs(predicted - measured) / measured if measured > 0 else float("nan")
+
+
+def split_of(plan: dict) -> list[tuple[str, str]]:
+    return [(s["layers"][0], s["layers"][-1]) for s in plan["stages"]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--ab-runs", type=int, default=5)
+    parser.add_argument("--samples", nargs="+", default=list(SAMPLES), choices=list(SAMPLES))
+    parser.add_argument("--profile", help="reuse this calibration profile (skip step 1)")
+    parser.add_argument("--out", help="keep plans, bundles, reports and the profile here")
+    args = parser.parse_args()
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pipeplan-fidelity-"))
+    out.mkdir(parents=True, exist_ok=True)
+
+    profile = out / "cpu_profile.yaml"
+    calibrate_s = None
+    if args.profile:
+        profile.write_text(Path(args.profile).read_text())
+    else:
+        calibrate_s = calibrate(profile, args.samples)
+    cluster = write_cluster(out / "cpu2_profile.yaml", profile)
+
+    plans = {name: plan_and_export(name, cluster, out) for name in args.samples}
+    runs: dict[str, list[dict]] = {name: [] for name in args.samples}
+    for r in range(args.runs):
+        for name in args.samples:
+            runs[name].append(run_once(plans[name]["bundle"], args.steps, out, f"{name}_run{r}"))
+
+    models = {}
+    for name in args.samples:
+        plan = plans[name]["plan"]
+        stages = []
+        for st in plan["stages"]:
+            i = st["index"]
+            meas_f = statistics.median(x["per_stage"][i]["forward_ms"] for x in runs[name])
+            meas_b = statistics.median(x["per_stage"][i]["backward_ms"] for x in runs[name])
+            pred = st["forward_ms"] + st["backward_ms"]
+            stages.append(
+                {
+                    "stage": i,
+                    "layers": f"{st['layers'][0]} .. {st['layers'][-1]} ({len(st['layers'])})",
+                    "predicted_fwd_bwd_ms": round(pred, 3),
+                    "measured_fwd_bwd_ms": round(meas_f + meas_b, 3),
+                    "predicted_fwd_ms": round(st["forward_ms"], 3),
+                    "measured_fwd_ms": round(meas_f, 3),
+                    "ape_percent": round(ape(pred, meas_f + meas_b), 1),
+                }
+            )
+        pred_it = plan["predicted"]["iteration_ms"]
+        meas_it = statistics.median(x["iteration_ms"] for x in runs[name])
+        batch, m = SAMPLES[name]
+        models[name] = {
+            "microbatch": batch,
+            "microbatches": m,
+            "stages": stages,
+            "stage_mape_percent": round(statistics.mean(s["ape_percent"] for s in stages), 1),
+            "predicted_iteration_ms": round(pred_it, 3),
+            "measured_iteration_ms": round(meas_it, 3),
+            "measured_iteration_ms_runs": [round(x["iteration_ms"], 3) for x in runs[name]],
+            "iteration_ape_percent": round(ape(pred_it, meas_it), 1),
+        }
+
+    iteration_mape = statistics.mean(v["iteration_ape_percent"] for v in models.values())
+    stage_mape = statistics.mean(s["ape_percent"] for v in models.values() for s in v["stages"])
+
+    # ilp against params: the first sample whose splits differ on this cluster
+    ab: dict = {"cluster": str(cluster.name)}
+    chosen = None
+    for name in args.samples:
+        alt = plan_and_export(name, cluster, out, strategy="params")
+        if split_of(alt["plan"]) != split_of(plans[name]["plan"]):
+            chosen = (name, plans[name], alt)
+            break
+        ab.setdefault("same_split", []).append(name)
+    if chosen is None:  # make the devices differ: the second one with little memory
+        small = write_cluster(
+            out / "cpu2_small.yaml", profile, {"memory_GB": 0.05, "name": "CPU small memory"}
+        )
+        ab["cluster"] = small.name
+        for name in args.samples:
+            ilp = plan_and_export(name, small, out, strategy="ilp")
+            alt = plan_and_export(name, small, out, strategy="params")
+            if split_of(alt["plan"]) != split_of(ilp["plan"]):
+                chosen = (name, ilp, alt)
+                break
+    if chosen is not None:
+        name, ilp, alt = chosen
+        measured: dict[str, list[dict]] = {"ilp": [], "params": []}
+        for r in range(args.ab_runs):
+            for strategy, p in (("ilp", ilp), ("params", alt)):
+                measured[strategy].append(
+                    run_once(p["bundle"], args.steps, out, f"ab_{name}_{strategy}{r}")
+                )
+        med = {k: statistics.median(x["throughput"] for x in v) for k, v in measured.items()}
+        ab |= {
+            "sample": name,
+            "splits": {"ilp": split_of(ilp["plan"]), "params": split_of(alt["plan"])},
+            "predicted_samples_per_s": {
+                "ilp": round(ilp["plan"]["predicted"]["throughput_samples_per_s"], 1),
+                "params": round(alt["plan"]["predicted"]["throughput_samples_per_s"], 1),
+            },
+            "measured_samples_per_s_runs": {
+                k: [round(x["throughput"], 1) for x in v] for k, v in measured.items()
+            },
+            "measured_samples_per_s_median": {k: round(v, 1) for k, v in med.items()},
+            "measured_ilp_over_params": round(med["ilp"] / med["params"], 3),
+        }
+
+    prof = json.loads(json.dumps(__import__("yaml").safe_load(profile.read_text())))
+    result = {
+        "command": "python bench/fidelity.py " + " ".join(sys.argv[1:]),
+        "machine": f"{os.cpu_count()}-core VM, OMP_NUM_THREADS=1 per process",
+        "calibrate_s": None if calibrate_s is None else round(calibrate_s, 1),
+        "profile": {
+            "device": prof["device"],
+            "link": prof.get("link"),
+            "ops": len(prof.get("ops", {})),
+            "context_scales": {
+                k: [v.get("forward_scale"), v.get("backward_scale")]
+                for k, v in prof.get("models", {}).items()
+            },
+        },
+        "runs": args.runs,
+        "steps": args.steps,
+        "models": models,
+        "stage_mape_percent": round(stage_mape, 1),
+        "iteration_mape_percent": round(iteration_mape, 1),
+        "goal_iteration_mape_le_15": iteration_mape <= 15.0,
+        "ilp_vs_params": ab,
+        "out": str(out),
+    }
+    text = json.dumps(result, indent=2)
+    (out / "fidelity.json").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
