@@ -2,22 +2,24 @@
 
 On this machine, with OMP_NUM_THREADS=1 for every process:
 
-1. `pipeplan calibrate --concurrency 2` (1 thread) with `--model` for each sample (mlp,
-   gpt, resnet, inception; the first call measures the device and the link, the others
-   `--extend` the profile with their operators; operators are timed while a second process
-   runs the same model on the other core, as the second rank will);
+1. `pipeplan calibrate` (1 thread) with `--model` for each sample (mlp, gpt, resnet,
+   inception; the first call measures the device and the link, the others `--extend` the
+   profile with their operators);
 2. a 2-device cluster made of the profile (`devices: [{profile: P, count: 2}]`, `link:
    {profile: P}`);
 3. per sample: `pipeplan plan --stages 2 --schedule 1f1b`, `pipeplan export`, then
    `pipeplan run --steps S` (train, 2 ranks, gloo), `--runs` times, runs alternating
    between samples;
-4. per sample: predicted against measured stage forward+backward time per micro-batch
-   (measured: the median F and B+W action of each stage in the run's trace, the first
-   step left out) and iteration time (the run report's median step after the first);
-   medians over the runs; absolute percentage errors and their mean (MAPE). Goal: MAPE
-   of the iteration time <= 15%.
-5. `ilp` against `params`: the first sample (in the order given) whose two splits differ
-   on that cluster; both bundles run `--ab-runs` times, alternating; median throughput.
+4. per sample: predicted against measured stage forward+backward time per micro-batch,
+   twice: each stage *alone* (this process times the stage's converted module as the
+   calibrator times a model: the cost model's own accuracy on a cut it never saw) and *in
+   the runner* (the median F and B+W action of each stage in the run's trace, the first
+   step left out); and the iteration time (the run report's median step after the
+   first); medians over the runs (alone and runner runs alternate); absolute percentage
+   errors and their means (MAPE). Goal: MAPE of the iteration time <= 15%.
+5. `ilp` against `params`: of the samples whose two splits differ on that cluster, the one
+   with the largest predicted gain (if none differ: a cluster whose second device has
+   little memory); both bundles run `--ab-runs` times, alternating; median throughput.
 
 Prints one JSON object (and writes it to OUT/fidelity.json).
 
@@ -82,8 +84,6 @@ def calibrate(profile: Path, samples: list[str]) -> float:
             str(MODELS / f"{name}.onnx"),
             "--batch",
             str(batch),
-            "--concurrency",
-            "2",
             "--note",
             "measured by bench/fidelity.py on a 2-core cloud VM (AMD EPYC, KVM), 1 thread",
             *extra,
@@ -133,6 +133,38 @@ def plan_and_export(name: str, cluster: Path, out: Path, strategy: str = "ilp") 
     bundle = out / f"{name}_{strategy}_bundle"
     pipeplan("export", str(MODELS / f"{name}.onnx"), str(plan_file), "-o", str(bundle), "--force")
     return {"plan": json.loads(plan_file.read_text()), "bundle": bundle}
+
+
+def stage_alone(bundle: Path) -> dict[int, dict[str, float]]:
+    """Each stage of a bundle timed alone in this process, as the calibrator times a model:
+    forward under autograd, backward to the stage's float inputs from other stages and its
+    parameters, medians after warm-up (ms). No second process, no transfers, no optimizer."""
+    import torch
+
+    from exporters.manifest import Manifest
+    from runners.calibrate import OpTimer, Sizes, Timer
+    from runners.data import DataSource
+    from runners.onnx_to_torch import convert
+
+    torch.set_num_threads(1)
+    manifest = Manifest.model_validate_json((bundle / "manifest.json").read_text())
+    data = DataSource(manifest, bundle)
+    timer = OpTimer(Timer(torch.device("cpu"), Sizes.full()))
+    out = {}
+    for st in manifest.stages:
+        gm = convert(str(bundle / st.file), seed=0)
+        graph_inputs = data.inputs(0, 0)
+        by_name, leaves = {}, []
+        for t in st.inputs:
+            if t.source == "graph":
+                by_name[t.name] = graph_inputs[t.name]
+            else:
+                value = torch.randn(tuple(t.shape or []))
+                by_name[t.name] = value.requires_grad_(True)
+                leaves.append(value)
+        fwd, bwd = timer._time(gm, [by_name[n] for n in gm.input_names], leaves)
+        out[st.index] = {"forward_ms": 1e3 * fwd, "backward_ms": 1e3 * (bwd or 0.0)}
+    return out
 
 
 def run_once(bundle: Path, steps: int, out: Path, tag: str) -> dict:
@@ -198,9 +230,11 @@ def main() -> None:
 
     plans = {name: plan_and_export(name, cluster, out) for name in args.samples}
     runs: dict[str, list[dict]] = {name: [] for name in args.samples}
+    alone: dict[str, list[dict]] = {name: [] for name in args.samples}
     for r in range(args.runs):
         for name in args.samples:
             runs[name].append(run_once(plans[name]["bundle"], args.steps, out, f"{name}_run{r}"))
+            alone[name].append(stage_alone(plans[name]["bundle"]))
 
     models = {}
     for name in args.samples:
@@ -210,6 +244,9 @@ def main() -> None:
             i = st["index"]
             meas_f = statistics.median(x["per_stage"][i]["forward_ms"] for x in runs[name])
             meas_b = statistics.median(x["per_stage"][i]["backward_ms"] for x in runs[name])
+            alone_fb = statistics.median(
+                x[i]["forward_ms"] + x[i]["backward_ms"] for x in alone[name]
+            )
             pred = st["forward_ms"] + st["backward_ms"]
             stages.append(
                 {
@@ -220,6 +257,8 @@ def main() -> None:
                     "predicted_fwd_ms": round(st["forward_ms"], 3),
                     "measured_fwd_ms": round(meas_f, 3),
                     "ape_percent": round(ape(pred, meas_f + meas_b), 1),
+                    "alone_fwd_bwd_ms": round(alone_fb, 3),
+                    "alone_ape_percent": round(ape(pred, alone_fb), 1),
                 }
             )
         pred_it = plan["predicted"]["iteration_ms"]
@@ -230,6 +269,9 @@ def main() -> None:
             "microbatches": m,
             "stages": stages,
             "stage_mape_percent": round(statistics.mean(s["ape_percent"] for s in stages), 1),
+            "stage_alone_mape_percent": round(
+                statistics.mean(s["alone_ape_percent"] for s in stages), 1
+            ),
             "predicted_iteration_ms": round(pred_it, 3),
             "measured_iteration_ms": round(meas_it, 3),
             "measured_iteration_ms_runs": [round(x["iteration_ms"], 3) for x in runs[name]],
@@ -238,16 +280,27 @@ def main() -> None:
 
     iteration_mape = statistics.mean(v["iteration_ape_percent"] for v in models.values())
     stage_mape = statistics.mean(s["ape_percent"] for v in models.values() for s in v["stages"])
+    alone_mape = statistics.mean(
+        s["alone_ape_percent"] for v in models.values() for s in v["stages"]
+    )
 
-    # ilp against params: the first sample whose splits differ on this cluster
+    # ilp against params: of the samples whose splits differ on this cluster, the one with
+    # the largest predicted gain of ilp over params
     ab: dict = {"cluster": str(cluster.name)}
-    chosen = None
+    candidates = []
     for name in args.samples:
         alt = plan_and_export(name, cluster, out, strategy="params")
-        if split_of(alt["plan"]) != split_of(plans[name]["plan"]):
-            chosen = (name, plans[name], alt)
-            break
-        ab.setdefault("same_split", []).append(name)
+        ilp = plans[name]
+        if split_of(alt["plan"]) == split_of(ilp["plan"]):
+            ab.setdefault("same_split", []).append(name)
+            continue
+        gain = (
+            ilp["plan"]["predicted"]["throughput_samples_per_s"]
+            / alt["plan"]["predicted"]["throughput_samples_per_s"]
+        )
+        ab.setdefault("predicted_gain", {})[name] = round(gain, 3)
+        candidates.append((gain, name, ilp, alt))
+    chosen = max(candidates, key=lambda c: c[0])[1:] if candidates else None
     if chosen is None:  # make the devices differ: the second one with little memory
         small = write_cluster(
             out / "cpu2_small.yaml", profile, {"memory_GB": 0.05, "name": "CPU small memory"}
@@ -299,6 +352,7 @@ def main() -> None:
         "runs": args.runs,
         "steps": args.steps,
         "models": models,
+        "stage_alone_mape_percent": round(alone_mape, 1),
         "stage_mape_percent": round(stage_mape, 1),
         "iteration_mape_percent": round(iteration_mape, 1),
         "goal_iteration_mape_le_15": iteration_mape <= 15.0,

@@ -203,6 +203,9 @@ class DeviceSpec(BaseModel):
     #: Absolute path of the calibration profile the figures come from (`cost.profile`);
     #: its measured operator times replace the roofline for operators it holds.
     profile: str | None = None
+    #: First 16 hex digits of the profile file's SHA-256 when the figures were read: part
+    #: of the spec, so cached plans (`planner.plan_cache`) never outlive a re-calibration.
+    profile_sha256: str | None = None
 
     @field_validator("peak_tflops")
     @classmethod

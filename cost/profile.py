@@ -23,7 +23,9 @@ Where profiles are used:
 
 * a cluster file's device entry `{profile: cpu.yaml}` (`count`, and any `DeviceSpec`
   field as an override, allowed) becomes a `DeviceSpec` with the profile's `device`
-  figures and `profile` set to the profile's absolute path (`device_spec_input`);
+  figures, `profile` set to the profile's absolute path and `profile_sha256` to a digest
+  of its content (so a plan cache keyed on the cluster sees a re-calibration)
+  (`device_spec_input`);
 * a link `{profile: cpu.yaml}` becomes the profile's measured link (`link_spec_input`);
 * `cost.roofline` uses a profile's measured time for an operator whose signature it
   holds, at the dtype it was measured in (`measured_op`), instead of the roofline.
@@ -35,6 +37,7 @@ Relative profile paths resolve against the cluster file's folder. Loading is cac
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -235,7 +238,19 @@ def device_spec_input(value: dict, base_dir: str | os.PathLike[str] | None = Non
     measured = load_profile(path).device.model_dump()
     if isinstance(entry.get("peak_tflops"), dict):
         entry["peak_tflops"] = measured["peak_tflops"] | entry["peak_tflops"]
-    return measured | entry | {"profile": path}
+    return measured | entry | {"profile": path, "profile_sha256": profile_digest(path)}
+
+
+def profile_digest(path: str | os.PathLike[str]) -> str:
+    """First 16 hex digits of the SHA-256 of a profile file (cached like `load_profile`)."""
+    p = Path(os.path.abspath(path))
+    st = p.stat()
+    return _digest_cached(str(p), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest_cached(path: str, _mtime_ns: int, _size: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def link_spec_input(value: dict, base_dir: str | os.PathLike[str] | None = None) -> dict:
