@@ -344,8 +344,8 @@ def main() -> None:
             "device": prof["device"],
             "link": prof.get("link"),
             "ops": len(prof.get("ops", {})),
-            "context_scales": {
-                k: [v.get("forward_scale"), v.get("backward_scale")]
+            "context_GBps_fwd_bwd": {
+                k: [v.get("forward_GBps"), v.get("backward_GBps")]
                 for k, v in prof.get("models", {}).items()
             },
         },

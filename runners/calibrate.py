@@ -46,14 +46,17 @@ repeats, a few seconds in all), and what it becomes in the profile (`cost.profil
   gradient and its parameters, with ready-made output gradients. The time of calling an
   empty converted module (forward) and of an empty backward call is measured and
   subtracted (`overhead:`): a stage pays those once, not once per operator.
-  *Context correction*: an operator alone runs warmer than inside its model (caches, the
-  allocator: on glibc, memory freed after a backward is returned to the system and faults
-  back in). The whole converted model is timed the same way, three times (before, amid and
-  after its operators, since a shared machine's speed drifts), and each new operator's
-  times are scaled by the model's median whole-model time over the sum of its operators'
-  isolated times (forward and backward apart, bounded to [0.25, 4]). Both figures are kept:
-  `ops: {signature: {op_type, forward_s, backward_s, isolated_forward_s,
-  isolated_backward_s, dtype, model}}`, `models: {model: {forward_scale, ...}}`.
+  *Context correction*: an operator alone runs warmer than inside its model. The whole
+  converted model is timed the same way, three times (before, amid and after its
+  operators, since a shared machine's speed drifts); the excess of its median time over
+  the sum of its operators' isolated times is spread over the operators in proportion to
+  the bytes each allocates (forward: its outputs; backward: the gradients of its inputs
+  and parameters). That is where it comes from on CPUs: glibc returns the memory freed
+  after a backward to the system, and fresh memory faults in page by page (the fitted
+  rate, `models.<model>.forward_GBps` / `backward_GBps`, is about 4 GB/s on the VM this
+  was written on); a negative excess is taken as 0. Both figures are kept: `ops:
+  {signature: {op_type, forward_s, backward_s, isolated_forward_s, isolated_backward_s,
+  dtype, model}}`.
   *Concurrency* (`concurrency=N`): while a model's operators are timed, N - 1 other
   processes run that model's forward and backward in a loop, as the other ranks of a
   pipeline on the same host will (on CPUs, cores share caches, memory bandwidth and, on a
@@ -840,10 +843,6 @@ def _model_key(req: ModelRequest) -> str:
     return " ".join(parts)
 
 
-#: Bounds of the context correction (whole model / sum of isolated operators).
-CONTEXT_SCALE_BOUNDS = (0.25, 4.0)
-
-
 class _ModelOps:
     """The operator part of a calibration: per-signature timings, whole-model scales."""
 
@@ -955,31 +954,35 @@ class _ModelOps:
         )
 
     def finish(self) -> None:
-        """Scale each model's new operators by its whole-model / sum-of-operators ratio."""
-        lo, hi = CONTEXT_SCALE_BOUNDS
+        """Spread each model's context excess over its new operators by bytes allocated."""
         for req, mg, whole in self.runs:
             key = _model_key(req)
             call = self.overheads.get(key, self.op_timer.overhead)
             nodes = [d for _, d in mg.graph.nodes(data=True) if not d["folded"]]
             times = [self._isolated_of(d["signature"]) for d in nodes]
-            sum_f = sum(t[0] for t in times if t is not None)
-            sum_b = sum(t[1] for t in times if t is not None)
-            scale_f = scale_b = 1.0
+            timed = [(d, t) for d, t in zip(nodes, times, strict=True) if t is not None]
+            sum_f = sum(t[0] for _, t in timed)
+            sum_b = sum(t[1] for _, t in timed)
+            out_bytes = sum(_allocated_bytes(mg, d)[0] for d, _ in timed)
+            grad_bytes = sum(_allocated_bytes(mg, d)[1] for d, t in timed if t[1] > 0)
+            per_byte_f = per_byte_b = 0.0
             report: dict = {
                 "concurrency": self.concurrency,
                 "call_overhead_s": call,
                 "operators": len(nodes),
-                "timed_operators": sum(t is not None for t in times),
+                "timed_operators": len(timed),
                 "sum_isolated_forward_s": sum_f,
                 "sum_isolated_backward_s": sum_b,
+                "forward_output_bytes": out_bytes,
+                "backward_gradient_bytes": grad_bytes,
             }
-            if whole.get("forward") and sum_f > 0:
+            if whole.get("forward") and timed:
                 whole_f = statistics.median(whole["forward"])
                 whole_b = statistics.median(whole["backward"])
-                scale_f = (whole_f - call["forward_call_s"]) / sum_f
-                scale_b = (whole_b - call["backward_call_s"]) / sum_b if sum_b > 0 else 1.0
-                scale_f = min(hi, max(lo, scale_f))
-                scale_b = min(hi, max(lo, scale_b))
+                excess_f = whole_f - call["forward_call_s"] - sum_f
+                excess_b = whole_b - call["backward_call_s"] - sum_b
+                per_byte_f = max(0.0, excess_f) / out_bytes if out_bytes else 0.0
+                per_byte_b = max(0.0, excess_b) / grad_bytes if grad_bytes else 0.0
                 report |= {
                     "whole_forward_s": whole_f,
                     "whole_backward_s": whole_b,
@@ -987,10 +990,13 @@ class _ModelOps:
                         [round(1e3 * f, 3), round(1e3 * b, 3)]
                         for f, b in zip(whole["forward"], whole["backward"], strict=True)
                     ],
+                    "forward_excess_s": excess_f,
+                    "backward_excess_s": excess_b,
+                    "forward_GBps": round(1e-9 / per_byte_f, 3) if per_byte_f else None,
+                    "backward_GBps": round(1e-9 / per_byte_b, 3) if per_byte_b else None,
                 }
             elif "error" in whole:
                 report["whole_error"] = whole["error"]
-            report |= {"forward_scale": round(scale_f, 4), "backward_scale": round(scale_b, 4)}
             self.reports[key] = report
             whole.pop("module", None)  # free the converted model
             whole.pop("args", None)
@@ -999,15 +1005,30 @@ class _ModelOps:
                 if data["folded"] or self.owner.get(sig) != key or sig not in self.isolated:
                     continue
                 f, b = self.isolated[sig]
+                out_b, grad_b = _allocated_bytes(mg, data)
                 self.ops[sig] = OpTiming(
                     op_type=data["op_type"],
-                    forward_s=f * scale_f,
-                    backward_s=b * scale_b,
+                    forward_s=f + per_byte_f * out_b,
+                    backward_s=b + per_byte_b * grad_b if b > 0 else 0.0,
                     isolated_forward_s=f,
                     isolated_backward_s=b,
                     dtype=_op_dtype(mg, data),
                     model=Path(req.path).name,
                 )
+
+
+def _allocated_bytes(mg, data: dict) -> tuple[int, int]:
+    """(bytes of the outputs, bytes of the gradients backward makes: inputs that carry one
+    and parameters) of an operator."""
+    outs = sum(
+        mg.tensors[t].nbytes for t in data["outputs"] if t in mg.tensors and mg.tensors[t].is_float
+    )
+    grads = sum(
+        mg.tensors[t].nbytes
+        for t, role in zip(data["inputs"], data["input_roles"], strict=True)
+        if role in ("g", "w") and t in mg.tensors and mg.tensors[t].is_float
+    )
+    return outs, grads
 
 
 def _op_dtype(mg, data: dict) -> str:

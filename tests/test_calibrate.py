@@ -159,6 +159,12 @@ def test_cluster_of_profiled_devices(profile_path: Path, tmp_path: Path) -> None
     assert small.device("n0.1").memory_GB == 0.5
     assert small.device("n0.1").peak_tflops == profile.device.peak_tflops
     assert load_cluster(tmp_path / "p.yaml").num_devices == 1
+    # a re-calibration changes the spec (plan caches key on it), even with equal figures
+    digest = dev.profile_sha256
+    assert digest and len(digest) == 16
+    (tmp_path / "p.yaml").write_text(profile_path.read_text() + "# again\n")
+    again = load_cluster(write_cluster(tmp_path, "p.yaml")).device("n0.0")
+    assert again.profile_sha256 != digest and again.peak_tflops == dev.peak_tflops
     # the existing forms keep working next to it
     mixed = tmp_path / "m.yaml"
     mixed.write_text(
