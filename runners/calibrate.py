@@ -121,6 +121,7 @@ class Sizes:
     conv: tuple[tuple[int, int, int, int, int], ...]  # N, C, HW, K, kernel
     pingpong: tuple[int, ...]  # bytes
     budget_s: float  # per measurement
+    rounds: int  # interleaved rounds of the GEMM, elementwise and ping-pong sweeps
     min_repeats: int
     max_repeats: int
     warmup: int
@@ -140,6 +141,7 @@ class Sizes:
             ),
             pingpong=(4, 1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24),
             budget_s=0.4,
+            rounds=3,
             min_repeats=7,
             max_repeats=200,
             warmup=3,
@@ -155,6 +157,7 @@ class Sizes:
             conv=((2, 16, 16, 16, 3),),
             pingpong=(4, 1 << 12, 1 << 16, 1 << 20),
             budget_s=0.02,
+            rounds=1,
             min_repeats=3,
             max_repeats=30,
             warmup=1,
@@ -227,12 +230,29 @@ def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
 # ------------------------------------------------------------------ microbenchmarks
 
 
+def _rounds(timer: Timer, fns: list[Callable[[], object]]) -> list[float]:
+    """Median time of each callable, over `sizes.rounds` rounds that each visit all of them
+    (a shared machine's speed drifts: interleaving spreads a slow spell over every point)."""
+    rounds = max(1, timer.sizes.rounds)
+    budget = timer.sizes.budget_s / rounds
+    per_fn: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            per_fn[i].append(timer.median(fn, budget_s=budget))
+    return [statistics.median(v) for v in per_fn]
+
+
 def _gemm_points(timer: Timer, shapes, dtype: torch.dtype) -> list[dict]:
     points = []
-    for m, k, n in shapes:
-        a = torch.randn(m, k, device=timer.device).to(dtype)
-        b = torch.randn(k, n, device=timer.device).to(dtype)
-        seconds = timer.median(lambda a=a, b=b: a @ b)
+    operands = [
+        (
+            torch.randn(m, k, device=timer.device).to(dtype),
+            torch.randn(k, n, device=timer.device).to(dtype),
+        )
+        for m, k, n in shapes
+    ]
+    times = _rounds(timer, [lambda a=a, b=b: a @ b for a, b in operands])
+    for (m, k, n), seconds in zip(shapes, times, strict=True):
         flops = 2 * m * k * n
         points.append(
             {
@@ -258,12 +278,15 @@ def _launch_points(timer: Timer) -> dict:
 
 def _elementwise_points(timer: Timer) -> list[dict]:
     points = []
+    fns = []
     for numel in timer.sizes.elementwise:
         a = torch.rand(numel, device=timer.device)
         b = torch.rand(numel, device=timer.device)
         c = torch.empty_like(a)
-        streaming = timer.median(lambda a=a, b=b, c=c: torch.add(a, b, out=c))
-        allocating = timer.median(lambda a=a, b=b: a + b)
+        fns += [lambda a=a, b=b, c=c: torch.add(a, b, out=c), lambda a=a, b=b: a + b]
+    times = _rounds(timer, fns)
+    for i, numel in enumerate(timer.sizes.elementwise):
+        streaming, allocating = times[2 * i], times[2 * i + 1]
         nbytes = 3 * 4 * numel
         points.append(
             {
@@ -343,6 +366,7 @@ def measure_link(
                     ",".join(str(s) for s in sizes.pingpong),
                     str(reps),
                     str(out),
+                    str(sizes.rounds),
                 ],
                 env=env,
                 stdout=subprocess.PIPE,
@@ -379,6 +403,7 @@ def _pingpong_main(argv: list[str]) -> int:
     rank, port, backend = int(argv[0]), int(argv[1]), argv[2]
     sizes = [int(s) for s in argv[3].split(",")]
     reps, out = int(argv[4]), argv[5]
+    rounds = int(argv[6]) if len(argv) > 6 else 1
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     dist.init_process_group(
         backend,
@@ -389,42 +414,53 @@ def _pingpong_main(argv: list[str]) -> int:
     )
     dev = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     peer = 1 - rank
-    results = []
-    for nbytes in sizes:
-        buf = torch.zeros(max(1, nbytes // 4), dtype=torch.float32, device=dev)
-        times = []
-        for i in range(reps + 3):
-            dist.barrier()
-            start = time.perf_counter()
-            if rank == 0:
-                dist.send(buf, peer)
-                dist.recv(buf, peer)
-            else:
-                dist.recv(buf, peer)
-                dist.send(buf, peer)
-            if backend == "nccl":
-                torch.cuda.synchronize(dev)
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-        point = {
-            "bytes": buf.numel() * 4,
-            "one_way_s": statistics.median(times) / 2,
-            "repeats": reps,
-        }
-        if backend == "gloo":
-            # How long isend blocks its caller, quiet and while both processes compute (the
-            # runner posts its sends from the compute thread); mean of the two ranks.
-            for busy in (False, True):
-                post = torch.tensor([_post_time(buf, peer, reps, busy)], dtype=torch.float64)
-                both = [torch.zeros(1, dtype=torch.float64) for _ in range(2)]
-                dist.all_gather(both, post)
-                point["post_busy_s" if busy else "post_idle_s"] = float(sum(both).item() / 2)
-        results.append(point)
+    per_round = max(3, reps // rounds)
+    samples: dict[int, dict[str, list[float]]] = {n: {} for n in sizes}
+    for _ in range(rounds):  # interleaved rounds: a slow spell hits every size a little
+        for nbytes in sizes:
+            buf = torch.zeros(max(1, nbytes // 4), dtype=torch.float32, device=dev)
+            got = samples[nbytes]
+            got.setdefault("one_way_s", []).append(_round_trip(buf, peer, rank, per_round) / 2)
+            if backend == "gloo":
+                # How long isend blocks its caller, quiet and while both processes compute
+                # (the runner posts its sends from the compute thread); mean of the ranks.
+                for busy in (False, True):
+                    post = _post_time(buf, peer, per_round, busy)
+                    both = [torch.zeros(1, dtype=torch.float64) for _ in range(2)]
+                    dist.all_gather(both, torch.tensor([post], dtype=torch.float64))
+                    key = "post_busy_s" if busy else "post_idle_s"
+                    got.setdefault(key, []).append(float(sum(both).item() / 2))
+    results = [
+        {"bytes": max(1, n // 4) * 4, "repeats": per_round * rounds}
+        | {k: statistics.median(v) for k, v in samples[n].items()}
+        for n in sizes
+    ]
     dist.barrier()
     if rank == 0:
         Path(out).write_text(json.dumps(results))
     dist.destroy_process_group()
     return 0
+
+
+def _round_trip(buf: torch.Tensor, peer: int, rank: int, reps: int) -> float:
+    """Median seconds of a blocking send and receive back (ping-pong), after 3 warm-ups."""
+    import torch.distributed as dist
+
+    times = []
+    for i in range(reps + 3):
+        dist.barrier()
+        start = time.perf_counter()
+        if rank == 0:
+            dist.send(buf, peer)
+            dist.recv(buf, peer)
+        else:
+            dist.recv(buf, peer)
+            dist.send(buf, peer)
+        if buf.is_cuda:
+            torch.cuda.synchronize(buf.device)
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 #: Matrix size and count of the compute burst around a send in the busy ping-pong phase.
@@ -1241,6 +1277,12 @@ def _fit(results: dict, dev: torch.device, threads: int, peak_tflops: float | No
         ce = DEFAULT_COMPUTE_EFFICIENCY
         peak = rate / ce
     half_eff = max(1.0, (c0 - plain_s) * rate)
+    warnings = []
+    if c0 <= plain_s:
+        warnings.append(
+            "GEMM intercept at or below one plain dispatch (noisy timings?): "
+            "half_efficiency_flops set to 1"
+        )
     gemm_pred = [(p["flops"] + half_eff) / rate + plain_s for p in square]
     # --- elementwise: effective B from allocating adds of tensors >= 1 MiB (smaller ones
     # are launch-bound); bandwidth = the streaming rate at the largest size
@@ -1304,7 +1346,8 @@ def _fit(results: dict, dev: torch.device, threads: int, peak_tflops: float | No
             else f"fixed at {DEFAULT_COMPUTE_EFFICIENCY} (no vendor peak given)",
             "mape_percent": round(mape(gemm_pred, [p["seconds"] for p in square]), 2),
             "skinny_mape_percent": round(mape(skinny_pred, [p["seconds"] for p in skinny]), 2),
-        },
+        }
+        | ({"warnings": warnings} if warnings else {}),
         "half": half_fits,
         "elementwise": {
             "model": "t = c + bytes / (bandwidth * memory_efficiency), allocating a + b",
@@ -1363,7 +1406,7 @@ if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "load":
         sys.exit(_load_main(sys.argv[2:]))
     print(
-        "usage: python -m runners.calibrate pingpong RANK PORT BACKEND SIZES REPEATS OUT",
+        "usage: python -m runners.calibrate pingpong RANK PORT BACKEND SIZES REPEATS OUT [ROUNDS]",
         file=sys.stderr,
     )
     sys.exit(2)
