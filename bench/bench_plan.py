@@ -44,8 +44,12 @@ def quality() -> list[dict]:
         # Closed form (the objective the ILP minimises), for the ILP and the baselines alike.
         ilp_analytic = p.predicted.global_batch / (p.predicted.analytic_iteration_ms / 1e3)
         # Simulated (1F1B schedule), each strategy's own plan.
-        sim = {s: plan(MODELS / "gpt.onnx", CLUSTERS / "hetero.yaml", PlanConfig(strategy=s), bindings)
-               .predicted.throughput_samples_per_s for s in ("params", "greedy")}
+        sim = {
+            s: plan(
+                MODELS / "gpt.onnx", CLUSTERS / "hetero.yaml", PlanConfig(strategy=s), bindings
+            ).predicted.throughput_samples_per_s
+            for s in ("params", "greedy")
+        }
         rows.append(
             {
                 "microbatch_size": batch,
@@ -54,8 +58,12 @@ def quality() -> list[dict]:
                 "greedy_samples_per_s": round(by["greedy"].throughput_samples_per_s, 1),
                 "ilp_over_params": round(ilp_analytic / by["params"].throughput_samples_per_s, 3),
                 "ilp_over_greedy": round(ilp_analytic / by["greedy"].throughput_samples_per_s, 3),
-                "simulated_ilp_over_params": round(p.predicted.throughput_samples_per_s / sim["params"], 3),
-                "simulated_ilp_over_greedy": round(p.predicted.throughput_samples_per_s / sim["greedy"], 3),
+                "simulated_ilp_over_params": round(
+                    p.predicted.throughput_samples_per_s / sim["params"], 3
+                ),
+                "simulated_ilp_over_greedy": round(
+                    p.predicted.throughput_samples_per_s / sim["greedy"], 3
+                ),
                 "ilp_stages": len(p.stages),
                 "status": p.solver.status,
             }

@@ -44,21 +44,65 @@ def main() -> None:
         "-o",
         str(rel / "plan_hetero.json"),
     )
-    step("4. simulate it: timeline and Chrome trace", "simulate", str(rel / "plan_hetero.json"),
-         "--png", str(rel / "timeline_hetero.png"), "--trace", str(rel / "trace_hetero.json"))
+    step(
+        "4. simulate it: timeline and Chrome trace",
+        "simulate",
+        str(rel / "plan_hetero.json"),
+        "--png",
+        str(rel / "timeline_hetero.png"),
+        "--trace",
+        str(rel / "trace_hetero.json"),
+    )
     step(
         "5. plan for two local CPU processes (what the runner executes)",
-        "plan", MODEL, "--cluster", "samples/clusters/cpu2.yaml", "--batch", "8", "--stages", "2",
-        "-o", str(rel / "plan_cpu2.json"),
+        "plan",
+        MODEL,
+        "--cluster",
+        "samples/clusters/cpu2.yaml",
+        "--batch",
+        "8",
+        "--stages",
+        "2",
+        "-o",
+        str(rel / "plan_cpu2.json"),
     )
     bundle = rel / "bundle"
-    step("6. export one ONNX per stage plus a manifest", "export", MODEL, str(rel / "plan_cpu2.json"),
-         "-o", str(bundle), "--force")
-    step("7. run it on two processes (torchrun, gloo): train, check gradients, measure", "run", str(bundle),
-         "--steps", "10", "--check", "--report", str(rel / "run_report.json"), "--trace", str(rel / "run_trace.json"))
-    step("8. what if: two or four more A100s, or H100s instead of the V100s", "whatif", MODEL, "--cluster",
-         "samples/clusters/mixed.yaml", "--batch", "256", "--add", "A100-80GB:2,4", "--replace", "V100-32GB=H100-80GB",
-         "--png", str(rel / "whatif.png"))
+    step(
+        "6. export one ONNX per stage plus a manifest",
+        "export",
+        MODEL,
+        str(rel / "plan_cpu2.json"),
+        "-o",
+        str(bundle),
+        "--force",
+    )
+    step(
+        "7. run it on two processes (torchrun, gloo): train, check gradients, measure",
+        "run",
+        str(bundle),
+        "--steps",
+        "10",
+        "--check",
+        "--report",
+        str(rel / "run_report.json"),
+        "--trace",
+        str(rel / "run_trace.json"),
+    )
+    step(
+        "8. what if: two or four more A100s, or H100s instead of the V100s",
+        "whatif",
+        MODEL,
+        "--cluster",
+        "samples/clusters/mixed.yaml",
+        "--batch",
+        "256",
+        "--add",
+        "A100-80GB:2,4",
+        "--replace",
+        "V100-32GB=H100-80GB",
+        "--png",
+        str(rel / "whatif.png"),
+    )
     print(f"\ndemo done: plans in {rel}/")
 
 
