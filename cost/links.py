@@ -7,7 +7,11 @@ Parallel Computing 20(3):389-398, 1994:
     t(n) = alpha + n / beta,   alpha = latency_us * 1e-6,
                                beta  = bandwidth_GBps * 1e9 * efficiency   (bytes/s)
 
-and t(0) = 0 (nothing sent, nothing paid). `bandwidth_GBps` is the nominal peak **per
+and t(0) = 0 (nothing sent, nothing paid). A transfer normally runs beside the sender's
+computation (a DMA engine moves the bytes); where the host CPU moves them (gloo over TCP
+on CPU devices) the send also holds the sender for
+`send_blocking_seconds(n) = k * send_blocking_us + n / send_blocking_GBps` (k tensors), a
+figure `pipeplan calibrate` measures; 0 by default. `bandwidth_GBps` is the nominal peak **per
 direction** in decimal GB/s; `efficiency` (0.85 by default) brings it to what measured
 point-to-point transfers reach (80-90% of peak), so presets carry nominal figures.
 
@@ -62,6 +66,11 @@ class LinkSpec(BaseModel):
     latency_us: NonNegative
     #: Fraction of the nominal bandwidth a point-to-point transfer reaches.
     efficiency: Fraction = 0.85
+    #: Host time a send holds the sending device's stream, per tensor, microseconds: 0 for
+    #: DMA engines (NCCL, RDMA); on CPUs over gloo the caller copies into the socket.
+    send_blocking_us: NonNegative = 0.0
+    #: ... plus bytes at this rate (decimal GB/s); None: no per-byte part.
+    send_blocking_GBps: Positive | None = None
 
     @property
     def effective_bytes_per_s(self) -> float:
@@ -75,6 +84,13 @@ class LinkSpec(BaseModel):
         if nbytes == 0:
             return 0.0
         return self.latency_us * 1e-6 + nbytes / self.effective_bytes_per_s
+
+    def send_blocking_seconds(self, nbytes: int, tensors: int = 1) -> float:
+        """Seconds a send of `tensors` tensors, `nbytes` in all, keeps the sender busy."""
+        if nbytes <= 0:
+            return 0.0
+        per_byte = nbytes / (self.send_blocking_GBps * 1e9) if self.send_blocking_GBps else 0.0
+        return tensors * self.send_blocking_us * 1e-6 + per_byte
 
 
 def _preset(name: str, bandwidth: float, latency: float) -> LinkSpec:

@@ -8,7 +8,9 @@ operator's `signature` (`planner.graph.op_signature`)::
     schema_version: 1
     device: {name, peak_tflops: {fp32, bf16, ...}, memory_GB, bandwidth_GBps,
              launch_overhead_us, compute_efficiency, memory_efficiency, half_efficiency_flops}
-    link: {bandwidth_GBps, latency_us, efficiency: 1.0, backend: gloo}
+    link: {bandwidth_GBps, latency_us, efficiency: 1.0, backend: gloo,
+           send_blocking_us, send_blocking_GBps}   # CPU time a send holds its caller
+    optimizer: {adam: {per_tensor_us, per_param_ns}, sgd: ..., momentum: ...}
     ops: {<signature>: {op_type, forward_s, backward_s, dtype: fp32, model}}
     overhead: {forward_call_s, backward_call_s}   # subtracted from every op time
     fit: {...}                                     # how the figures were fitted, residuals
@@ -28,7 +30,8 @@ Where profiles are used:
   (`device_spec_input`);
 * a link `{profile: cpu.yaml}` becomes the profile's measured link (`link_spec_input`);
 * `cost.roofline` uses a profile's measured time for an operator whose signature it
-  holds, at the dtype it was measured in (`measured_op`), instead of the roofline.
+  holds, at the dtype it was measured in (`measured_op`), instead of the roofline;
+* `cost.optimizer` uses its measured optimizer step (`measured_optimizer`).
 
 Relative profile paths resolve against the cluster file's folder. Loading is cached on
 (path, modification time, size). Errors are one line (`PipeplanError`).
@@ -87,6 +90,19 @@ class ProfileLink(BaseModel):
     latency_us: NonNegative
     efficiency: Fraction = 1.0
     backend: str | None = None
+    #: Host time a send keeps its caller busy (gloo on CPUs copies into the socket on the
+    #: calling thread): `send_blocking_us` per tensor + bytes / `send_blocking_GBps`.
+    send_blocking_us: NonNegative = 0.0
+    send_blocking_GBps: Positive | None = None
+
+
+class OptimizerFit(BaseModel):
+    """One optimizer step measured on the device: tensors * per_tensor + params * per_param."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    per_tensor_us: NonNegative
+    per_param_ns: NonNegative
 
 
 class OpTiming(BaseModel):
@@ -114,6 +130,7 @@ class Profile(BaseModel):
     device: ProfileDevice
     link: ProfileLink | None = None
     ops: dict[str, OpTiming] = Field(default_factory=dict)
+    optimizer: dict[str, OptimizerFit] = Field(default_factory=dict)
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     overhead: dict[str, float] = Field(default_factory=dict)
     fit: dict[str, Any] = Field(default_factory=dict)
@@ -267,6 +284,8 @@ def link_spec_input(value: dict, base_dir: str | os.PathLike[str] | None = None)
         "bandwidth_GBps": link.bandwidth_GBps,
         "latency_us": link.latency_us,
         "efficiency": link.efficiency,
+        "send_blocking_us": link.send_blocking_us,
+        "send_blocking_GBps": link.send_blocking_GBps,
     } | entry
 
 
@@ -285,3 +304,14 @@ def measured_op(profile_path: str | None, signature: str | None, dtype: str) -> 
     if timing is None or timing.dtype != dtype:
         return None
     return timing
+
+
+def measured_optimizer(profile_path: str | None, optimizer: str) -> OptimizerFit | None:
+    """The profile's measured step of `optimizer`, or None (no profile, fit or file)."""
+    if not profile_path:
+        return None
+    try:
+        profile = load_profile(profile_path)
+    except PipeplanError:
+        return None
+    return profile.optimizer.get(optimizer)

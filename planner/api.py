@@ -290,6 +290,7 @@ def _to_plan(
                 backward_ms=st.backward_s * 1e3,
                 weight_grad_ms=st.weight_grad_s * 1e3,
                 compute_ms=st.compute_s * 1e3,
+                optimizer_ms=st.optimizer_s * 1e3,
                 send_ms=st.send_s * 1e3,
                 grad_send_ms=st.grad_send_s * 1e3,
                 param_bytes=sum(mg.params[p].nbytes for p in params if mg.params[p].trainable),

@@ -108,6 +108,7 @@ def solve_ilp(problem: Problem, warm: Assignment | None = None) -> IlpResult:
     K = {j: pulp.LpVariable(f"K_{j}", 0) for j in range(1, J)}
     Kb = {j: pulp.LpVariable(f"Kb_{j}", 0) for j in range(1, J)} if training else {}
     P = pulp.LpVariable("P", 0)
+    Z = pulp.LpVariable("Z", 0)  # the step tail: the slowest stage's optimizer step
     c = {
         (f, j): pulp.LpVariable(f"c_{f}_{j}", 0, 1) for f in range(len(flows)) for j in range(1, J)
     }
@@ -226,6 +227,22 @@ def solve_ilp(problem: Problem, warm: Assignment | None = None) -> IlpResult:
             big = max(0.0, worst - cap)
             lp += (1.0 / cap) * usage <= 1.0 + (big / cap) * (1 - w[j, g]), f"mem_{j}_{g}"
 
+    # Step tail: the optimizer step of each slot's parameters (own and shared), once per
+    # iteration after the pipeline drains; the iteration waits for the slowest one.
+    step = [list(layer.optimizer_s) or [0.0] * G for layer in problem.layers]
+    shared_step = [list(sp.optimizer_s) or [0.0] * G for sp in problem.shared]
+    if any(v > 0 for row in step + shared_step for v in row):
+        for g in range(G):
+            big = (sum(row[g] for row in step) + sum(row[g] for row in shared_step)) * tscale
+            for j in range(J):
+                lp += (
+                    pulp.lpSum(step[layer][g] * tscale * x[layer, j] for layer in range(L))
+                    + pulp.lpSum(row[g] * tscale * h[s, j] for s, row in enumerate(shared_step))
+                    - big * (1 - w[j, g])
+                    <= Z,
+                    f"Z_{j}_{g}",
+                )
+
     for j in range(J):
         lp += T[j] <= P, f"P_T_{j}"
     for j in range(1, J):
@@ -240,15 +257,18 @@ def solve_ilp(problem: Problem, warm: Assignment | None = None) -> IlpResult:
 
     links_total = pulp.lpSum(K.values()) + pulp.lpSum(Kb.values())
     if cfg.objective == "latency":
-        objective = pulp.lpSum(T.values()) + pulp.lpSum(K.values())
+        objective = pulp.lpSum(T.values()) + pulp.lpSum(K.values()) + Z
     else:
-        objective = pulp.lpSum(T.values()) + links_total + (m - 1) * P
+        objective = pulp.lpSum(T.values()) + links_total + (m - 1) * P + Z
     lp += objective
     bound = lower_bound(problem, J)
     lp += objective >= bound * tscale * (1 - 1e-9), "analytic_bound"
 
     if warm is not None and warm.num_stages <= J and evaluate(problem, warm).fits:
         _set_warm_start(problem, warm, J, x, w, u, T, K, Kb, P, c, h, tscale)
+        Z.setInitialValue(
+            max((st.optimizer_s for st in evaluate(problem, warm).stages), default=0.0) * tscale
+        )
     build_seconds = time.perf_counter() - start
     result = solve(lp, backend=cfg.solver, time_limit=cfg.time_limit_s)
     result = SolveResult(

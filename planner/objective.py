@@ -18,7 +18,9 @@ device. `evaluate` prices it, per micro-batch:
   the first micro-batch's trip through the pipeline and back, then one slowest-resource
   period per further micro-batch (the form of PipeDream, Narayanan et al., SOSP 2019, and
   Alpa, Zheng et al., OSDI 2022, eq. 2). With equal stages and free links it gives
-  GPipe's bubble fraction (p - 1) / (m + p - 1) exactly.
+  GPipe's bubble fraction (p - 1) / (m + p - 1) exactly. Plus the **step tail** `max_s O_s`:
+  the optimizer step over each stage's parameters (`cost.optimizer`), run once the
+  pipeline has drained, the iteration waiting for the slowest device.
 * **Latency** (inference): `sum_s F_s + sum_s K_s`, one micro-batch through the pipeline.
 * **Memory** per stage: weights, gradients and optimizer state of its parameters (a
   shared weight once per stage that uses it), buffers, and saved activations times the
@@ -69,6 +71,8 @@ class StageEval:
     activation_bytes: int
     capacity_bytes: int
     in_flight: int
+    #: the optimizer step over the stage's parameters, once per iteration (the step tail)
+    optimizer_s: float = 0.0
 
     @property
     def fits(self) -> bool:
@@ -152,6 +156,15 @@ def evaluate(problem: Problem, a: Assignment) -> Evaluation:
         state = sum(problem.layers[layer].state_bytes for layer in layers)
         state += sum(sp.state_bytes for sp in problem.shared if layer_set.intersection(sp.layers))
         buffers = sum(problem.layers[layer].buffer_bytes for layer in layers)
+        optimizer = sum(
+            problem.layers[layer].optimizer_s[g]
+            for layer in layers
+            if problem.layers[layer].optimizer_s
+        ) + sum(
+            sp.optimizer_s[g]
+            for sp in problem.shared
+            if sp.optimizer_s and layer_set.intersection(sp.layers)
+        )
         acts_one = sum(problem.layers[layer].activation_bytes for layer in layers)
         flight = in_flight_microbatches(schedule, s, p, m) if training else 1
         if training and cfg.recompute:
@@ -176,6 +189,7 @@ def evaluate(problem: Problem, a: Assignment) -> Evaluation:
                 activation_bytes=int(acts),
                 capacity_bytes=int(problem.capacity(g)),
                 in_flight=flight,
+                optimizer_s=optimizer,
             )
         )
     resources = [(st.compute_s, f"stage {st.index} compute") for st in stages]
@@ -185,6 +199,10 @@ def evaluate(problem: Problem, a: Assignment) -> Evaluation:
     bottleneck_s, bottleneck = max(resources, key=lambda r: r[0])
     fill = sum(st.compute_s for st in stages) + sum(send) + sum(grad_send)
     iteration = fill if cfg.objective == "latency" else fill + (m - 1) * bottleneck_s
+    tail: dict[str, float] = {}
+    for st in stages:
+        tail[st.device] = tail.get(st.device, 0.0) + st.optimizer_s
+    iteration += max(tail.values(), default=0.0)  # the optimizer step after the drain
     busy = (
         sum(m * st.compute_s for st in stages)
         if cfg.objective != "latency"

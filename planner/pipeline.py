@@ -99,11 +99,16 @@ def make_costs(
     stage_device: list[str],
     routes: list[tuple[str, int, int, int, bool]],
     link,
+    optimizer_s=None,
 ) -> SimCosts:
-    """SimCosts from per-stage figures: one function for plans made now and plans read back."""
+    """SimCosts from per-stage figures: one function for plans made now and plans read back.
+    `optimizer_s` (per stage) becomes each device's step tail."""
     static: dict[str, int] = {}
     for (held, _), device in zip(memory, stage_device, strict=True):
         static[device] = static.get(device, 0) + held
+    tail: dict[str, float] = {}
+    for step, device in zip(optimizer_s or [0.0] * len(stage_device), stage_device, strict=True):
+        tail[device] = tail.get(device, 0.0) + step
     message_bytes, message_count = messages(routes)
     return SimCosts(
         forward_s=list(forward_s),
@@ -116,6 +121,7 @@ def make_costs(
         message_count=message_count,
         static_bytes=static,
         activation_bytes=[per_mb for _, per_mb in memory],
+        step_tail_s=tail,
     )
 
 
@@ -134,6 +140,7 @@ def sim_costs(problem: Problem, a: Assignment, ev: Evaluation) -> SimCosts:
         stage_device=list(a.devices),
         routes=routes,
         link=problem.cluster.link_between,
+        optimizer_s=[st.optimizer_s for st in ev.stages] if problem.training else None,
     )
 
 

@@ -55,6 +55,9 @@ class StagePlan(BaseModel):
         0.0, description="part of backward_ms computing weight gradients (W of zero-bubble)"
     )
     compute_ms: float
+    optimizer_ms: float = Field(
+        0.0, description="optimizer step over the stage's parameters, once per iteration"
+    )
     send_ms: float = Field(description="activations to the next stage per micro-batch")
     grad_send_ms: float = Field(description="gradients back from the next stage per micro-batch")
     param_bytes: int = Field(
@@ -116,6 +119,8 @@ class DeviceTimeline(BaseModel):
     idle_ms: float
     peak_memory_bytes: int
     memory_capacity_bytes: int
+    send_blocking_ms: float = Field(0.0, description="stream held issuing host-driven sends")
+    optimizer_ms: float = Field(0.0, description="the step tail: optimizer after the program")
 
 
 def device_timelines(sim, capacity: dict[str, int]) -> list[DeviceTimeline]:
@@ -127,6 +132,8 @@ def device_timelines(sim, capacity: dict[str, int]) -> list[DeviceTimeline]:
             idle_ms=sim.per_device[d].idle_s * 1e3,
             peak_memory_bytes=sim.peak_memory.get(d, 0),
             memory_capacity_bytes=capacity[d],
+            send_blocking_ms=sim.per_device[d].send_blocking_s * 1e3,
+            optimizer_ms=sim.per_device[d].tail_s * 1e3,
         )
         for d in capacity
     ]

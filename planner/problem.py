@@ -20,6 +20,7 @@ from cost.cluster import Cluster
 from cost.devices import DeviceSpec
 from cost.links import LOCAL_LINK, LinkSpec
 from cost.memory import bytes_per_param
+from cost.optimizer import optimizer_step_seconds
 from cost.roofline import backward_seconds, dtype_bytes_scale, forward_seconds, weight_grad_fraction
 from planner.config import PlanConfig
 from planner.errors import PipeplanError
@@ -50,6 +51,8 @@ class LayerCost:
     buffer_bytes: int
     activation_bytes: int  # saved for backward per micro-batch, at the plan's dtype
     param_bytes: int  # bytes of the weights themselves (for the `params` baseline)
+    #: per group: the optimizer step over this layer's own parameters (once per iteration)
+    optimizer_s: tuple[float, ...] = ()
 
     def compute_s(self, group: int, training: bool) -> float:
         return self.forward_s[group] + (self.backward_s[group] if training else 0.0)
@@ -73,6 +76,8 @@ class SharedParam:
     name: str
     layers: tuple[int, ...]
     state_bytes: int
+    #: per group: the optimizer step over this weight (once per stage holding it)
+    optimizer_s: tuple[float, ...] = ()
 
 
 @dataclass
@@ -173,6 +178,17 @@ def build_problem(mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: Plan
         )
         own = [mg.params[p] for p in layer.params if p not in shared_names]
         state = sum(p.numel * per_param for p in own if p.trainable)
+        trainable = [p for p in own if p.trainable]
+        step = (
+            tuple(
+                optimizer_step_seconds(
+                    g.spec, sum(p.numel for p in trainable), len(trainable), config.optimizer
+                )
+                for g in groups
+            )
+            if config.training
+            else ()
+        )
         layers.append(
             LayerCost(
                 index=layer.index,
@@ -184,13 +200,19 @@ def build_problem(mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: Plan
                 buffer_bytes=int(sum(p.nbytes for p in own if not p.trainable) * scale),
                 activation_bytes=int(layer.activation_bytes * scale),
                 param_bytes=layer.param_bytes,
+                optimizer_s=step,
             )
         )
     shared = []
     for name in sorted(shared_names):
         p = mg.params[name]
         state = p.numel * per_param if p.trainable else p.nbytes * scale
-        shared.append(SharedParam(name, tuple(param_layers[name]), int(state)))
+        step = (
+            tuple(optimizer_step_seconds(g.spec, p.numel, 1, config.optimizer) for g in groups)
+            if config.training and p.trainable
+            else ()
+        )
+        shared.append(SharedParam(name, tuple(param_layers[name]), int(state), step))
     flows: dict[str, Flow] = {}
     consumers: dict[str, set[int]] = {}
     producers: dict[str, int] = {}

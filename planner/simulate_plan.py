@@ -60,6 +60,7 @@ def replay(plan: Plan) -> SimResult:
         stage_device=[s.device for s in plan.stages],
         routes=routes,
         link=plan.cluster.link_between,
+        optimizer_s=[s.optimizer_ms / 1e3 for s in plan.stages] if training else None,
     )
     return simulate(plan.schedule, costs)
 

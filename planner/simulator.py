@@ -14,7 +14,9 @@ Pipeline Parallelism", ICLR 2024), in which case `B` takes `(1 - f) * backward_s
 Communication is asynchronous, like `torch.distributed.isend` / `irecv`:
 
 * a `SEND` issues its transfer at the moment the device's stream reaches it (that is, when
-  the computation before it ends) and does not block the stream;
+  the computation before it ends) and does not block the stream, unless the link's host
+  moves the bytes (`LinkSpec.send_blocking_seconds`, gloo on CPUs): then the stream is
+  held that long after issuing (counted in `send_blocking_s`, not in `busy_s`);
 * a `RECV` blocks the stream until the matching transfer (same `message_key()`) has fully
   arrived; a transfer that arrived earlier costs nothing.
 
@@ -51,8 +53,12 @@ the whole iteration plus the activations its stages saved for backward:
 
 Gradient buffers for the messages in flight and the receive buffers are not counted.
 
-Result. `iteration_s` is the time the last action anywhere finishes (compute, or a
-transfer's arrival); per device `busy_s` is compute time and `idle_s = iteration_s -
+Step tail. `step_tail_s[device]` (the optimizer step over the device's parameters,
+`cost.optimizer`) runs once the device's program has ended and its sends have arrived (the
+runner waits for its sends, then steps the optimizer); the iteration ends after it.
+
+Result. `iteration_s` is the time the last action anywhere finishes (compute, a
+transfer's arrival, or a step tail); per device `busy_s` is compute time and `idle_s = iteration_s -
 busy_s`; `bubble_fraction = 1 - sum(busy_s) / (devices * iteration_s)`. Throughput is the
 caller's business (micro-batches * batch / iteration_s).
 
@@ -98,6 +104,8 @@ class SimCosts:
     activation_bytes: list[int] | None = None
     #: With split backward: share of a micro-batch's activations still held between B and W.
     weight_grad_keep_fraction: float = 1.0
+    #: Per device: work after its program, once per iteration (optimizer step), seconds.
+    step_tail_s: dict[str, float] = field(default_factory=dict)
 
 
 class ComputeEvent(NamedTuple):
@@ -130,6 +138,10 @@ class DeviceStats:
     #: Time the stream spent blocked in RECVs (exposed communication and dependencies).
     recv_wait_s: float
     compute_actions: int
+    #: Time the stream spent issuing sends over host-driven links.
+    send_blocking_s: float = 0.0
+    #: The step tail (optimizer) run after the program.
+    tail_s: float = 0.0
 
 
 @dataclass
@@ -191,6 +203,11 @@ def _check_costs(schedule: Schedule, costs: SimCosts) -> None:
         raise ValueError(
             f"SimCosts.weight_grad_keep_fraction must be in [0, 1] (got {costs.weight_grad_keep_fraction})"
         )
+    for device, tail in costs.step_tail_s.items():
+        if not (tail >= 0 and math.isfinite(tail)):
+            raise ValueError(
+                f"SimCosts.step_tail_s[{device!r}] must be finite and >= 0 (got {tail})"
+            )
     if schedule.split_backward and costs.weight_grad_fraction is None:
         raise ValueError("the schedule splits backward: SimCosts.weight_grad_fraction is required")
 
@@ -252,6 +269,7 @@ def simulate(schedule: Schedule, costs: SimCosts) -> SimResult:
     compute_events: list[ComputeEvent] = []
     busy = dict.fromkeys(devices, 0.0)
     waited = dict.fromkeys(devices, 0.0)
+    send_block = dict.fromkeys(devices, 0.0)
     count = dict.fromkeys(devices, 0)
     mem_now = {d: int(costs.static_bytes.get(d, 0)) for d in devices}
     memory: dict[str, list[tuple[float, int]]] = {d: [(0.0, mem_now[d])] for d in devices}
@@ -283,6 +301,12 @@ def simulate(schedule: Schedule, costs: SimCosts) -> SimResult:
     pc = dict.fromkeys(programs, 0)
     clock = dict.fromkeys(programs, 0.0)
 
+    def spec_of(src: str, dst: str) -> LinkSpec:
+        spec = link_specs.get((src, dst))
+        if spec is None:
+            spec = link_specs[(src, dst)] = costs.link(src, dst)
+        return spec
+
     def run(device: str, t: float) -> None:
         """Advance `device` from time `t` until its next unsatisfied RECV or its end."""
         program = programs[device]
@@ -292,6 +316,15 @@ def simulate(schedule: Schedule, costs: SimCosts) -> SimResult:
             op = a.op
             if op == "SEND":
                 push(t, _ISSUE, (device, a))
+                dst = stage_device[a.peer_stage]
+                if dst != device:
+                    mkey = (a.direction, a.stage, a.peer_stage)
+                    nbytes = int(costs.message_bytes.get(mkey, 0))
+                    hold = spec_of(device, dst).send_blocking_seconds(
+                        nbytes, int(costs.message_count.get(mkey, 1))
+                    )
+                    send_block[device] += hold
+                    t += hold
             elif op == "RECV":
                 key = a.message_key()
                 done = arrived.get(key)
@@ -360,9 +393,7 @@ def simulate(schedule: Schedule, costs: SimCosts) -> SimResult:
                 complete(tid, t)
                 continue
             lk = (src, dst)
-            spec = link_specs.get(lk)
-            if spec is None:
-                spec = link_specs[lk] = costs.link(src, dst)
+            spec = spec_of(src, dst)
             latency = spec.latency_us * 1e-6 * int(costs.message_count.get(mkey, 1))
             if latency > 0:
                 push(t + latency, _JOIN, tid)
@@ -417,8 +448,13 @@ def simulate(schedule: Schedule, costs: SimCosts) -> SimResult:
         TransferEvent(src, dst, key[0], key[1], key[2], key[3], nbytes, start, end)
         for src, dst, key, nbytes, start, end in transfers
     ]
+    finished = {d: clock.get(d, 0.0) for d in devices}
+    for e in transfer_events:
+        if e.src_device in finished:
+            finished[e.src_device] = max(finished[e.src_device], e.end)
+    tails = {d: float(costs.step_tail_s.get(d, 0.0)) for d in devices}
     iteration = max(
-        [clock[d] for d in programs] + [e.end for e in transfer_events] + [0.0],
+        [finished[d] + tails[d] for d in devices] + [e.end for e in transfer_events] + [0.0],
     )
     per_device = {
         d: DeviceStats(
@@ -426,6 +462,8 @@ def simulate(schedule: Schedule, costs: SimCosts) -> SimResult:
             idle_s=max(0.0, iteration - busy[d]),
             recv_wait_s=waited[d],
             compute_actions=count[d],
+            send_blocking_s=send_block[d],
+            tail_s=tails[d],
         )
         for d in devices
     }

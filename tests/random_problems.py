@@ -54,6 +54,7 @@ def make_problem(
                 0,
                 act_bytes[i],
                 state_bytes[i] // 4,
+                tuple(0.5 * f for f in fwd) if i % 2 == 0 else (),
             )
         )
     by_producer: dict[int, list[int]] = {}
@@ -71,7 +72,10 @@ def make_problem(
                 links_map[(a.index, b.index)] = cluster.link_between(a.devices[0], b.devices[0])
             elif len(a.devices) > 1:
                 links_map[(a.index, b.index)] = cluster.link_between(a.devices[0], a.devices[1])
-    shared_params = [SharedParam(f"s{i}", tuple(ls), 3 * 10**9) for i, ls in enumerate(shared)]
+    shared_params = [
+        SharedParam(f"s{i}", tuple(ls), 3 * 10**9, tuple(1e-4 for _ in groups))
+        for i, ls in enumerate(shared)
+    ]
     return Problem(
         layers, sorted(set(edges)), flows, shared_params, groups, cluster, config, links_map
     )

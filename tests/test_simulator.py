@@ -440,3 +440,44 @@ def test_plot_timeline_writes_png(tmp_path):
     r2 = simulate(split, costs(2, weight_grad_fraction=[0.5, 0.5]))
     plot_timeline(r2, split, out, transfers=False)
     assert out.stat().st_size > 5000
+
+
+# ------------------------------------------------------------ host sends and the step tail
+
+
+def test_step_tail_runs_after_the_program_and_its_sends():
+    # GPipe, p=2, m=3, free links: d0 ends at (m+p-1)(tf+tb) = 12, d1's last B ends at 10.
+    base = simulate(build("gpipe", 2, 3), costs(2))
+    assert base.iteration_s == pytest.approx(12.0)
+    r = simulate(build("gpipe", 2, 3), costs(2, step_tail_s={"d0": 0.5, "d1": 4.0}))
+    assert r.iteration_s == pytest.approx(14.0)  # d1: 10 + 4 beats d0: 12 + 0.5
+    assert r.per_device["d1"].tail_s == 4.0 and r.per_device["d0"].tail_s == 0.5
+    r = simulate(build("gpipe", 2, 3), costs(2, step_tail_s={"d0": 0.5}))
+    assert r.iteration_s == pytest.approx(12.5)
+    with pytest.raises(ValueError, match="step_tail_s"):
+        simulate(build("gpipe", 2, 3), costs(2, step_tail_s={"d0": -1.0}))
+
+
+def test_host_driven_send_holds_the_sender():
+    link = LinkSpec(
+        name="gloo",
+        bandwidth_GBps=1e6,
+        latency_us=0.0,
+        send_blocking_us=1e5,
+        send_blocking_GBps=1e-6,
+    )  # 0.1 s per tensor + 1000 bytes at 1000 B/s = 1.1 s per send
+    assert link.send_blocking_seconds(1000) == pytest.approx(1.1)
+    assert link.send_blocking_seconds(1000, tensors=2) == pytest.approx(1.2)
+    assert link.send_blocking_seconds(0) == 0.0
+    nbytes = {("fwd", 0, 1): 1000, ("bwd", 1, 0): 1000}
+    r = simulate(build("gpipe", 2, 2), costs(2, link=lambda a, b: link, message_bytes=nbytes))
+    ev = {(e.op, e.microbatch, e.stage): e for e in r.compute_events}
+    # d0: F0 [0, 1], its send holds d0 until 2.1, then F1; the transfer left at t = 1.
+    assert ev[("F", 1, 0)].start == pytest.approx(2.1)
+    assert ev[("F", 0, 1)].start == pytest.approx(1.0)
+    assert r.per_device["d0"].send_blocking_s == pytest.approx(2 * 1.1)
+    assert r.per_device["d1"].send_blocking_s == pytest.approx(2 * 1.1)
+    # Busy time is compute only.
+    assert r.per_device["d0"].busy_s == pytest.approx(2 * 3.0)
+    free = simulate(build("gpipe", 2, 2), costs(2, message_bytes=nbytes))
+    assert r.iteration_s > free.iteration_s
