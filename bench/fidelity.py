@@ -4,7 +4,11 @@ On this machine, with OMP_NUM_THREADS=1 for every process:
 
 1. `pipeplan calibrate` (1 thread) with `--model` for each sample (mlp, gpt, resnet,
    inception; the first call measures the device and the link, the others `--extend` the
-   profile with their operators);
+   profile with their operators), with `--pipeline 2` (default): each model also runs as
+   a 2-stage `params` split under the runner, which scales its operators to the stage
+   times measured there and fits the link's latency under load (`runners.probe`). The
+   plans measured below are `ilp` splits: where they equal the probe's `params` split,
+   the stage times are in-sample; the iteration time never is fitted per model;
 2. a 2-device cluster made of the profile (`devices: [{profile: P, count: 2}]`, `link:
    {profile: P}`);
 3. per sample: `pipeplan plan --stages 2 --schedule 1f1b`, `pipeplan export`, then
@@ -73,7 +77,7 @@ def pipeplan(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return result
 
 
-def calibrate(profile: Path, samples: list[str]) -> float:
+def calibrate(profile: Path, samples: list[str], pipeline: int) -> float:
     start = time.perf_counter()
     for i, name in enumerate(samples):
         batch, _ = SAMPLES[name]
@@ -86,6 +90,8 @@ def calibrate(profile: Path, samples: list[str]) -> float:
             str(batch),
             "--note",
             "measured by bench/fidelity.py on a 2-core cloud VM (AMD EPYC, KVM), 1 thread",
+            "--pipeline",
+            str(pipeline),
             *extra,
             "-o",
             str(profile),
@@ -215,6 +221,12 @@ def main() -> None:
     parser.add_argument("--ab-runs", type=int, default=5)
     parser.add_argument("--samples", nargs="+", default=list(SAMPLES), choices=list(SAMPLES))
     parser.add_argument("--profile", help="reuse this calibration profile (skip step 1)")
+    parser.add_argument(
+        "--pipeline",
+        type=int,
+        default=2,
+        help="calibrate with `--pipeline N` (a probe run per model; 0: operators only)",
+    )
     parser.add_argument("--out", help="keep plans, bundles, reports and the profile here")
     args = parser.parse_args()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pipeplan-fidelity-"))
@@ -225,7 +237,7 @@ def main() -> None:
     if args.profile:
         profile.write_text(Path(args.profile).read_text())
     else:
-        calibrate_s = calibrate(profile, args.samples)
+        calibrate_s = calibrate(profile, args.samples, args.pipeline)
     cluster = write_cluster(out / "cpu2_profile.yaml", profile)
 
     plans = {name: plan_and_export(name, cluster, out) for name in args.samples}
@@ -348,6 +360,13 @@ def main() -> None:
                 k: [v.get("forward_GBps"), v.get("backward_GBps")]
                 for k, v in prof.get("models", {}).items()
             },
+            "pipeline_factors_fwd_bwd": {
+                k: [v["pipeline"].get("forward_factor"), v["pipeline"].get("backward_factor")]
+                for k, v in prof.get("models", {}).items()
+                if isinstance(v.get("pipeline"), dict)
+            },
+            "link_pipeline_fit": prof.get("fit", {}).get("link", {}).get("pipeline"),
+            "optimizer": prof.get("optimizer"),
         },
         "runs": args.runs,
         "steps": args.steps,

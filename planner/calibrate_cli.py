@@ -83,6 +83,14 @@ def register(app: typer.Typer) -> None:
                 "(the host's other devices busy, as in a pipeline run of N processes on it).",
             ),
         ] = 1,
+        pipeline: Annotated[
+            int,
+            typer.Option(
+                "--pipeline",
+                help="Also run each model as a pipeline of N local processes (plan, export, "
+                "run) and scale its operators to the stage times measured there (0: off).",
+            ),
+        ] = 0,
         no_link: Annotated[
             bool, typer.Option("--no-link", help="Skip the two-process link ping-pong.")
         ] = False,
@@ -126,6 +134,7 @@ def register(app: typer.Typer) -> None:
                 link=not no_link,
                 context=not no_context,
                 concurrency=concurrency,
+                pipeline=pipeline,
                 extend=base,
                 progress=progress,
                 note=note,

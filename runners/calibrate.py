@@ -86,7 +86,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cost.profile import OpTiming, Profile, ProfileDevice, ProfileLink
+from cost.profile import OpTiming, OptimizerFit, Profile, ProfileDevice, ProfileLink
 from planner.errors import PipeplanError
 from planner.shapes import ShapeBindings
 
@@ -120,6 +120,7 @@ class Sizes:
     elementwise: tuple[int, ...]  # elements per tensor
     conv: tuple[tuple[int, int, int, int, int], ...]  # N, C, HW, K, kernel
     pingpong: tuple[int, ...]  # bytes
+    optimizer: tuple[tuple[int, int], ...]  # (tensors, elements per tensor)
     budget_s: float  # per measurement
     rounds: int  # interleaved rounds of the GEMM, elementwise and ping-pong sweeps
     min_repeats: int
@@ -140,6 +141,7 @@ class Sizes:
                 (8, 64, 32, 128, 1),
             ),
             pingpong=(4, 1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24),
+            optimizer=((2, 1 << 20), (8, 1 << 18), (32, 1 << 14), (128, 1 << 10), (4, 1 << 21)),
             budget_s=0.4,
             rounds=3,
             min_repeats=7,
@@ -156,6 +158,7 @@ class Sizes:
             elementwise=(1 << 12, 1 << 16, 1 << 18),
             conv=((2, 16, 16, 16, 3),),
             pingpong=(4, 1 << 12, 1 << 16, 1 << 20),
+            optimizer=((2, 1 << 12), (16, 1 << 8), (4, 1 << 14)),
             budget_s=0.02,
             rounds=1,
             min_repeats=3,
@@ -324,6 +327,59 @@ def _conv_points(timer: Timer) -> list[dict]:
             }
         )
     return points
+
+
+def _make_optimizer(kind: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """The optimizer the runner builds (`runners.worker`)."""
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=1e-3)
+    if kind == "momentum":
+        return torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    return torch.optim.SGD(params, lr=0.05)
+
+
+def _optimizer_points(timer: Timer) -> list[dict]:
+    """One optimizer step and `zero_grad(set_to_none=True)`, as the runner does once per
+    iteration, on sets of fp32 tensors, for each optimizer the planner knows."""
+    points = []
+    for kind in ("sgd", "momentum", "adam"):
+        for count, numel in timer.sizes.optimizer:
+            params = [
+                torch.zeros(numel, device=timer.device, requires_grad=True) for _ in range(count)
+            ]
+            grads = [torch.full_like(p, 1e-3) for p in params]
+            opt = _make_optimizer(kind, params)
+
+            def step(params=params, grads=grads, opt=opt):
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = g
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            seconds = timer.median(step)
+            points.append({"optimizer": kind, "tensors": count, "numel": numel, "seconds": seconds})
+    return points
+
+
+def fit_optimizer(points: list[dict]) -> tuple[dict[str, OptimizerFit], dict]:
+    """Per optimizer: `t = tensors * per_tensor + params * per_param`, least squares on
+    relative error (rows divided by the measured time), coefficients kept >= 0."""
+    fits, report = {}, {}
+    for kind in dict.fromkeys(p["optimizer"] for p in points):
+        pts = [p for p in points if p["optimizer"] == kind]
+        a = np.array([[p["tensors"], p["tensors"] * p["numel"]] for p in pts], dtype=float)
+        t = np.array([p["seconds"] for p in pts])
+        coef, *_ = np.linalg.lstsq(a / t[:, None], np.ones(len(pts)), rcond=None)
+        per_tensor, per_param = (max(0.0, float(c)) for c in coef)
+        if per_param == 0.0:  # refit the per-tensor part alone
+            per_tensor = float(np.sum(a[:, 0] / t) / np.sum((a[:, 0] / t) ** 2))
+        predicted = a @ np.array([per_tensor, per_param])
+        fits[kind] = OptimizerFit(
+            per_tensor_us=float(f"{per_tensor * 1e6:.5g}"),
+            per_param_ns=float(f"{per_param * 1e9:.5g}"),
+        )
+        report[kind] = {"mape_percent": round(mape(list(predicted), list(t)), 2)}
+    return fits, {"model": "t = tensors * per_tensor + params * per_param"} | report
 
 
 def _half_dtypes(device: torch.device) -> list[tuple[str, torch.dtype]]:
@@ -510,6 +566,30 @@ def fit_link(points: list[dict], backend: str) -> tuple[ProfileLink, dict]:
     link = ProfileLink(
         bandwidth_GBps=1.0 / inv_beta / 1e9, latency_us=alpha * 1e6, efficiency=1.0, backend=backend
     )
+    posts = [p for p in points if "post_busy_s" in p]
+    send_fit = None
+    if len(posts) >= 2:
+        # the time isend holds its caller while both processes compute: the runner's SEND
+        s_alpha, s_inv_beta = fit_line_relative(
+            [p["bytes"] for p in posts], [p["post_busy_s"] for p in posts]
+        )
+        s_alpha = max(0.0, s_alpha)
+        link = link.model_copy(
+            update={
+                "send_blocking_us": s_alpha * 1e6,
+                "send_blocking_GBps": 1.0 / s_inv_beta / 1e9 if s_inv_beta > 0 else None,
+            }
+        )
+        send_fit = {
+            "model": "isend blocking (both processes computing) = send_blocking_us + bytes / send_blocking_GBps",
+            "mape_percent": round(
+                mape(
+                    [s_alpha + p["bytes"] * max(s_inv_beta, 0.0) for p in posts],
+                    [p["post_busy_s"] for p in posts],
+                ),
+                2,
+            ),
+        }
     q_alpha, q_inv_beta = fit_line_relative(sizes, quiet)
     fit = {
         "model": "one_way_s = latency + bytes / bandwidth (relative least squares) on the "
@@ -521,6 +601,8 @@ def fit_link(points: list[dict], backend: str) -> tuple[ProfileLink, dict]:
             "mape_percent": round(mape([q_alpha + n * q_inv_beta for n in sizes], quiet), 2),
         },
     }
+    if send_fit is not None:
+        fit["send_blocking"] = send_fit
     return link, fit
 
 
@@ -989,6 +1071,55 @@ class _ModelOps:
             else known.backward_s,
         )
 
+    def apply_probe(self, req: ModelRequest, mg, profile: Profile, stages: int) -> bool:
+        """Run `req` as a pipeline (`runners.probe`) and scale the operators this calibration
+        owns for it by the measured forward and backward factors."""
+        from runners.probe import context_factors, replay_record, run_probe
+
+        key = _model_key(req)
+        report = self.reports.setdefault(key, {})
+        try:
+            probe = run_probe(profile, req.path, req.bindings, stages=stages)
+        except Exception as exc:  # the model cannot be split or run: keep the op times
+            text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            report["pipeline"] = {"error": f"{type(exc).__name__} {text}"}
+            return False
+        owned_sigs = {sig for sig, owner in self.owner.items() if owner == key and sig in self.ops}
+        owned = {
+            name: (self.ops[d["signature"]].forward_s, self.ops[d["signature"]].backward_s)
+            for name, d in mg.graph.nodes(data=True)
+            if d["signature"] in owned_sigs
+        }
+        factors = context_factors(probe["stages"], owned)
+        for sig in owned_sigs:
+            op = self.ops[sig]
+            self.ops[sig] = op.model_copy(
+                update={
+                    "forward_s": op.forward_s * factors["forward_factor"],
+                    "backward_s": op.backward_s * factors["backward_factor"],
+                }
+            )
+        report["pipeline"] = {
+            "stages": stages,
+            "split": [f"{s.layers[0]} .. {s.layers[-1]}" for s in probe["plan"].stages],
+            "forward_factor": round(factors["forward_factor"], 4),
+            "backward_factor": round(factors["backward_factor"], 4),
+            "per_stage_ms": [
+                {
+                    (k[:-2] + "_ms" if k.endswith("_s") else k): (
+                        round(v * 1e3, 4) if k.endswith("_s") else v
+                    )
+                    for k, v in st.items()
+                    if k != "nodes"
+                }
+                for st in probe["stages"]
+            ],
+            "predicted_iteration_ms_before": round(probe["predicted_iteration_s"] * 1e3, 3),
+            "measured_iteration_ms": round(probe["measured_iteration_s"] * 1e3, 3),
+            "replay": replay_record(probe),
+        }
+        return True
+
     def finish(self) -> None:
         """Spread each model's context excess over its new operators by bytes allocated."""
         for req, mg, whole in self.runs:
@@ -1127,6 +1258,7 @@ def calibrate(
     link: bool = True,
     context: bool = True,
     concurrency: int = 1,
+    pipeline: int = 0,
     extend: Profile | None = None,
     progress: Progress | None = None,
     note: str = "",
@@ -1136,7 +1268,9 @@ def calibrate(
     `models`: also time every distinct operator of these. `extend`: keep that profile's
     device, link and operators (measure only the operators it lacks). `peak_tflops`: the
     vendor fp32 peak, to split the fitted rate into peak and efficiency (see the module
-    docstring). `progress(what, done, total)` is called before each measurement.
+    docstring). `pipeline`: with 2 or more, run each model as a pipeline of that many
+    local processes (`runners.probe`) and scale its operators to the times measured there.
+    `progress(what, done, total)` is called before each measurement.
     """
     if device not in ("cpu", "cuda"):
         raise PipeplanError(f"--device must be cpu or cuda (got {device!r})")
@@ -1144,6 +1278,8 @@ def calibrate(
         raise PipeplanError("--device cuda: torch sees no CUDA device here")
     if concurrency < 1:
         raise PipeplanError(f"--concurrency must be at least 1 (got {concurrency})")
+    if pipeline == 1 or pipeline < 0:
+        raise PipeplanError(f"--pipeline must be 0 (off) or at least 2 (got {pipeline})")
     if threads is not None and threads < 1:
         raise PipeplanError(f"--threads must be at least 1 (got {threads})")
     if peak_tflops is not None and not peak_tflops > 0:
@@ -1209,6 +1345,12 @@ def calibrate(
             )
         )
         steps.append(("convolution", lambda: results.__setitem__("conv", _conv_points(timer))))
+        steps.append(
+            (
+                "optimizer step",
+                lambda: results.__setitem__("optimizer", _optimizer_points(timer)),
+            )
+        )
         if link:
             backend = "nccl" if dev.type == "cuda" and torch.cuda.device_count() >= 2 else "gloo"
 
@@ -1223,7 +1365,8 @@ def calibrate(
     if models:
         steps += model_ops.plan_steps(models)
 
-    total = len(steps)
+    probes = list(model_ops.runs) if pipeline >= 2 else []
+    total = len(steps) + len(probes)
     try:
         for i, (what, fn) in enumerate(steps):
             if progress is not None:
@@ -1232,14 +1375,14 @@ def calibrate(
     finally:
         for load in model_ops.loads:
             load.stop()
-    if progress is not None:
-        progress("done", total, total)
 
     if extend is not None:
         device_fig, link_fig, fit = extend.device, extend.link, dict(extend.fit)
+        optimizer = dict(extend.optimizer)
     else:
         machine = _machine(dev)
         device_fig, link_fig, fit = _fit(results, dev, threads, peak_tflops, machine)
+        optimizer, fit["optimizer"] = fit_optimizer(results["optimizer"])
         raw = dict(results)
     model_ops.finish()
     overhead = dict(extend.overhead) if extend is not None else {}
@@ -1247,20 +1390,53 @@ def calibrate(
         overhead = {k: float(v) for k, v in op_timer.overhead.items()}
     if model_ops.failures:
         fit["op_failures"] = model_ops.failures
-    return Profile(
-        device=device_fig,
-        link=link_fig,
-        ops=model_ops.ops,
-        models=model_ops.reports,
-        overhead=overhead,
-        fit=fit,
-        measurements=raw,
-        machine=extend.machine if extend is not None else _machine(dev),
-        threads=threads,
-        torch_version=torch.__version__,
-        created=datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
-        note=note or (extend.note if extend is not None else ""),
-    )
+
+    def profile() -> Profile:
+        return Profile(
+            device=device_fig,
+            link=link_fig,
+            ops=model_ops.ops,
+            optimizer=optimizer,
+            models=model_ops.reports,
+            overhead=overhead,
+            fit=fit,
+            measurements=raw,
+            machine=extend.machine if extend is not None else _machine(dev),
+            threads=threads,
+            torch_version=torch.__version__,
+            created=datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
+            note=note or (extend.note if extend is not None else ""),
+        )
+
+    ran = []
+    for i, (req, mg, _) in enumerate(probes):
+        if progress is not None:
+            progress(f"pipeline probe of {Path(req.path).name}", len(steps) + i, total)
+        if model_ops.apply_probe(req, mg, profile(), pipeline):
+            ran.append(req)
+    if ran and link_fig is not None:
+        # every probe the profile holds (an --extend keeps the earlier models' ones)
+        from runners.probe import fit_pipeline_latency
+
+        records = [
+            r["pipeline"]["replay"]
+            for r in model_ops.reports.values()
+            if isinstance(r.get("pipeline"), dict) and "replay" in r["pipeline"]
+        ]
+        quiet = link_fig.model_copy(
+            update={
+                "latency_us": fit.get("link", {}).get("ping_pong_latency_us", link_fig.latency_us)
+            }
+        )
+        latency_s, report = fit_pipeline_latency(records, quiet)
+        link_fig = link_fig.model_copy(update={"latency_us": latency_s * 1e6})
+        fit["link"] = dict(fit.get("link", {})) | {
+            "ping_pong_latency_us": quiet.latency_us,
+            "pipeline": report,
+        }
+    if progress is not None:
+        progress("done", total, total)
+    return profile()
 
 
 def _fit(results: dict, dev: torch.device, threads: int, peak_tflops: float | None, machine: dict):
@@ -1396,7 +1572,21 @@ def profile_summary(profile: Profile) -> list[tuple[str, str]]:
                 f"{profile.link.bandwidth_GBps:.4g} GB/s, {profile.link.latency_us:.3g} us ({profile.link.backend})",
             )
         )
+    if "adam" in profile.optimizer:
+        fit = profile.optimizer["adam"]
+        rows.append(
+            ("Adam step", f"{fit.per_tensor_us:.3g} us/tensor + {fit.per_param_ns:.3g} ns/param")
+        )
     rows.append(("operators", str(len(profile.ops))))
+    for key, report in profile.models.items():
+        probe = report.get("pipeline")
+        if isinstance(probe, dict) and "forward_factor" in probe:
+            rows.append(
+                (
+                    f"pipeline probe {key}",
+                    f"forward x{probe['forward_factor']:.3g}, backward x{probe['backward_factor']:.3g}",
+                )
+            )
     return rows
 
 

@@ -1,0 +1,234 @@
+"""Pipeline probe: run a model as a real pipeline and measure how its stages run there.
+
+An operator timed alone, even corrected for its model's context (`runners.calibrate`),
+runs faster than the same operator inside a pipeline rank: there the rank computes while
+its peer computes, its receives wake it up from idle (cold caches, a descheduled virtual
+CPU), and the communication library's threads share its cores. On a small host that
+costs 1.0-1.8x (measured on the 2-core VM this was written on, largest for models of
+sub-millisecond operators). Only a run shows it, so the probe makes one:
+
+1. a cluster of `stages` copies of the profile's device joined by its measured link;
+2. `planner.api.plan` with the `params` strategy (a split that does not depend on the
+   times being calibrated), 1F1B, `microbatches` micro-batches;
+3. `exporters.bundle.export`, then `runners.launch.run` for `steps` training steps with
+   a trace;
+4. per stage, the median forward (F) and backward (B, + W) action of the trace, the first
+   step left out, against the plan's per-stage prediction.
+
+`context_factors` turns that into one factor for forward and one for backward: the
+factor by which the operators the calibration owns must be scaled so that the predicted
+stage times add up to the measured ones (operators priced otherwise, by an earlier
+calibration or the roofline, are left as they are).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from cost.profile import Profile, save_profile
+from planner.shapes import ShapeBindings
+
+#: Factors are clamped to this range: outside it the probe measured something else.
+FACTOR_RANGE = (0.25, 4.0)
+
+
+def action_medians(trace_path: str | Path, microbatches: int) -> dict[int, dict[str, float]]:
+    """Per stage: median seconds of its F, B and W actions in a runner trace (`pipeplan run
+    --trace`), each stage's first `microbatches` actions of a kind (the first step) left out."""
+    events = [
+        e
+        for e in json.loads(Path(trace_path).read_text())["traceEvents"]
+        if e.get("cat") == "measured" and e.get("ph") == "X"
+    ]
+    durations: dict[int, dict[str, list[float]]] = {}
+    for e in sorted(events, key=lambda e: e["ts"]):
+        match = re.fullmatch(r"([FBW])\d+ s\d+", e["name"])
+        if match:
+            per = durations.setdefault(e["args"]["stage"], {})
+            per.setdefault(match[1], []).append(e["dur"] * 1e-6)
+    return {
+        s: {op: statistics.median(v[microbatches:] or v) for op, v in ops.items()}
+        for s, ops in sorted(durations.items())
+    }
+
+
+def run_probe(
+    profile: Profile,
+    model: str,
+    bindings: ShapeBindings,
+    *,
+    stages: int = 2,
+    microbatches: int = 8,
+    steps: int = 10,
+    workdir: str | Path | None = None,
+) -> dict:
+    """Plan, export and run `model` on `stages` local processes of the profiled device;
+    return the plan's per-stage prediction and the measured action medians (seconds)."""
+    from exporters.bundle import export
+    from planner.api import plan
+    from planner.config import PlanConfig
+    from runners.launch import run
+
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="pipeplan-probe-"))
+    work.mkdir(parents=True, exist_ok=True)
+    profile_path = work / "profile.yaml"
+    save_profile(profile, profile_path)
+    link = {"profile": str(profile_path)} if profile.link is not None else "loopback"
+    cluster = {
+        "name": "probe",
+        "nodes": [
+            {
+                "name": "n0",
+                "devices": [{"profile": str(profile_path), "count": stages}],
+                "link": link,
+            }
+        ],
+    }
+    cluster_path = work / "cluster.yaml"
+    cluster_path.write_text(yaml.safe_dump(cluster, sort_keys=False))
+    config = PlanConfig(
+        stages=stages, microbatches=microbatches, schedule="1f1b", strategy="params"
+    )
+    the_plan = plan(model, cluster_path, config, bindings)
+    bundle = work / "bundle"
+    export(model, the_plan, bundle, force=True)
+    trace = work / "trace.json"
+    report = run(bundle, steps=steps, trace=str(trace))
+    measured = action_medians(trace, microbatches)
+    return {
+        "plan": the_plan,
+        "stages": [
+            {
+                "stage": st.index,
+                "nodes": st.nodes,
+                "predicted_forward_s": st.forward_ms / 1e3,
+                "predicted_backward_s": st.backward_ms / 1e3,
+                "measured_forward_s": measured.get(st.index, {}).get("F", 0.0),
+                "measured_backward_s": measured.get(st.index, {}).get("B", 0.0)
+                + measured.get(st.index, {}).get("W", 0.0),
+            }
+            for st in the_plan.stages
+        ],
+        "predicted_iteration_s": the_plan.predicted.iteration_ms / 1e3,
+        "measured_iteration_s": report.measured.iteration_ms / 1e3,
+    }
+
+
+def context_factors(stages: list[dict], owned: dict[str, tuple[float, float]]) -> dict:
+    """Forward and backward factors for the owned operators.
+
+    `stages`: `run_probe`'s per-stage rows; `owned`: node name -> (forward_s, backward_s)
+    of the operators whose times the calibration may scale. With O the owned part of the
+    prediction and R the rest, the factor f solves  sum(measured) = f * O + R."""
+    out = {}
+    for kind in ("forward", "backward"):
+        measured = sum(st[f"measured_{kind}_s"] for st in stages)
+        predicted = sum(st[f"predicted_{kind}_s"] for st in stages)
+        own = sum(owned[n][kind == "backward"] for st in stages for n in st["nodes"] if n in owned)
+        rest = predicted - own
+        factor = 1.0 if own <= 0 or measured <= 0 else (measured - rest) / own
+        out[f"{kind}_factor"] = min(max(factor, FACTOR_RANGE[0]), FACTOR_RANGE[1])
+        out[f"{kind}_measured_s"] = measured
+        out[f"{kind}_predicted_s"] = predicted
+    return out
+
+
+def replay_record(probe: dict) -> dict:
+    """What the latency fit needs of a probe, small enough to keep in the profile: the
+    schedule, the routes, the measured stage times and iteration, the optimizer steps."""
+    plan = probe["plan"]
+    return {
+        "schedule": plan.schedule.model_dump(mode="json"),
+        "stage_device": [s.device for s in plan.stages],
+        "routes": [
+            [r.tensor, r.src_stage, r.dst_stage, r.bytes, r.dtype.startswith(("float", "bfloat"))]
+            for r in plan.routing.forward
+        ],
+        "forward_s": [st["measured_forward_s"] for st in probe["stages"]],
+        "backward_s": [st["measured_backward_s"] for st in probe["stages"]],
+        "optimizer_s": [s.optimizer_ms / 1e3 for s in plan.stages],
+        "measured_iteration_s": probe["measured_iteration_s"],
+    }
+
+
+def replay_iteration(record: dict, link) -> float:
+    """Seconds of one iteration of a probe (`replay_record`) in the simulator, with its
+    measured stage times and every inter-device transfer over `link` (a `LinkSpec`)."""
+    from cost.links import LOCAL_LINK
+    from planner.pipeline import make_costs
+    from planner.schedule.actions import Schedule
+    from planner.simulator import simulate
+
+    n = len(record["stage_device"])
+    costs = make_costs(
+        forward_s=record["forward_s"],
+        backward_s=record["backward_s"],
+        weight_grad_s=[0.0] * n,
+        memory=[(0, 0)] * n,
+        stage_device=record["stage_device"],
+        routes=[tuple(r) for r in record["routes"]],
+        link=lambda a, b: LOCAL_LINK if a == b else link,
+        optimizer_s=record["optimizer_s"],
+    )
+    return simulate(Schedule.model_validate(record["schedule"]), costs).iteration_s
+
+
+def fit_pipeline_latency(records: list[dict], link) -> tuple[float, dict]:
+    """The link latency (seconds) under which the simulator, fed each probe's measured stage
+    times, best reproduces the probes' measured iterations (mean relative error, searched
+    on a log grid from the ping-pong's latency to 20 ms, then refined).
+
+    On a host whose cores all compute, a message waits for its communication thread to get
+    a core: the ping-pong, run between otherwise idle processes, does not see that; the
+    probes do. `link`: the ping-pong's fit (its latency is the lower end of the search)."""
+    import math
+
+    from cost.links import LinkSpec
+
+    fields = (
+        "bandwidth_GBps",
+        "latency_us",
+        "efficiency",
+        "send_blocking_us",
+        "send_blocking_GBps",
+    )
+    base = LinkSpec(name="probe", **{f: getattr(link, f) for f in fields})
+
+    def error(latency_s: float) -> float:
+        spec = base.model_copy(update={"latency_us": latency_s * 1e6})
+        errs = [
+            abs(replay_iteration(r, spec) - r["measured_iteration_s"]) / r["measured_iteration_s"]
+            for r in records
+        ]
+        return sum(errs) / len(errs)
+
+    low = max(link.latency_us * 1e-6, 1e-6)
+    grid = [low * math.exp(i * math.log(20e-3 / low) / 48) for i in range(49)]
+    best_err, best = min((error(x), x) for x in grid)
+    i = grid.index(best)
+    lo, hi = grid[max(0, i - 1)], grid[min(len(grid) - 1, i + 1)]
+    for _ in range(24):  # golden-section refinement between the neighbours
+        a = hi - (hi - lo) / 1.618
+        b = lo + (hi - lo) / 1.618
+        if error(a) < error(b):
+            hi = b
+        else:
+            lo = a
+    refined = (lo + hi) / 2
+    if error(refined) < best_err:
+        best, best_err = refined, error(refined)
+    return best, {
+        "model": "latency_us chosen so that the simulated iteration of each pipeline probe, "
+        "with its measured stage times, matches the measured iteration (mean relative error)",
+        "ping_pong_latency_us": round(link.latency_us, 2),
+        "latency_us": round(best * 1e6, 2),
+        "mean_error_percent": round(100 * best_err, 2),
+        "mean_error_percent_at_ping_pong_latency": round(100 * error(low), 2),
+        "probes": len(records),
+    }
