@@ -20,7 +20,8 @@ On this machine, with OMP_NUM_THREADS=1 for every process:
    the runner* (the median F and B+W action of each stage in the run's trace, the first
    step left out); and the iteration time (the run report's median step after the
    first); medians over the runs (alone and runner runs alternate); absolute percentage
-   errors and their means (MAPE). Goal: MAPE of the iteration time <= 15%.
+   errors and their means (MAPE). Stage times in the runner are the mean F and B+W
+   actions (an iteration is their sum; the first step left out), as the probe measures. Goal: MAPE of the iteration time <= 15%.
 5. `ilp` against `params`: of the samples whose two splits differ on that cluster, the one
    with the largest predicted gain (if none differ: a cluster whose second device has
    little memory); both bundles run `--ab-runs` times, alternating; median throughput.
@@ -36,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -179,26 +179,15 @@ def run_once(bundle: Path, steps: int, out: Path, tag: str) -> dict:
         "run", str(bundle), "--steps", str(steps), "--report", str(report), "--trace", str(trace)
     )
     rep = json.loads(report.read_text())
-    events = [
-        e
-        for e in json.loads(trace.read_text())["traceEvents"]
-        if e.get("cat") == "measured" and e.get("ph") == "X"
-    ]
-    m = rep["microbatches"]
-    durations: dict[int, dict[str, list[float]]] = {}
-    for e in sorted(events, key=lambda e: e["ts"]):
-        match = re.fullmatch(r"([FBW])\d+ s\d+", e["name"])
-        if match:
-            op = match[1]
-            durations.setdefault(e["args"]["stage"], {}).setdefault(op, []).append(e["dur"] / 1e3)
-    per_stage = {}
-    for s, ops in sorted(durations.items()):
-        # median per action kind, the first step's m actions (warm-up) left out
-        med = {op: statistics.median(v[m:] or v) for op, v in ops.items()}
-        per_stage[s] = {
-            "forward_ms": med["F"],
-            "backward_ms": med.get("B", 0.0) + med.get("W", 0.0),
+    from runners.probe import action_means
+
+    per_stage = {
+        s: {
+            "forward_ms": 1e3 * ops["F"],
+            "backward_ms": 1e3 * (ops.get("B", 0.0) + ops.get("W", 0.0)),
         }
+        for s, ops in action_means(trace, rep["microbatches"]).items()
+    }
     return {
         "iteration_ms": rep["measured"]["iteration_ms"],
         "throughput": rep["measured"]["throughput_samples_per_s"],

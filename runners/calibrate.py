@@ -39,6 +39,14 @@ repeats, a few seconds in all), and what it becomes in the profile (`cost.profil
   burst, and the extra time `isend` blocks its caller (busy minus quiet median) is added.
   Alpha-beta is fitted (relative error) to that loaded one-way time: `link:
   {bandwidth_GBps, latency_us, efficiency: 1.0}`; the quiet fit is in `fit.link.quiet`.
+  The time `isend` holds its caller while both processes compute is fitted too
+  (`send_blocking_us + bytes / send_blocking_GBps`): the simulator holds a sending
+  device that long (`planner.simulator`).
+* **Optimizer step**: `torch.optim` SGD, momentum and Adam as the runner builds them, one
+  `step()` and `zero_grad(set_to_none=True)` over sets of fp32 tensors (few large to many
+  small); `t = tensors * per_tensor + params * per_param` per optimizer (relative least
+  squares): `optimizer: {adam: {per_tensor_us, per_param_ns}, ...}`, the step tail of
+  every iteration (`cost.optimizer`).
 * **Operators of models** (`models=`): every distinct operator (by
   `planner.graph.op_signature`) becomes a one-node ONNX model, converted with
   `runners.onnx_to_torch.convert(weights="random")` and timed as the runner runs it:
@@ -62,6 +70,19 @@ repeats, a few seconds in all), and what it becomes in the profile (`cost.profil
   pipeline on the same host will (on CPUs, cores share caches, memory bandwidth and, on a
   virtual machine, more: framework-bound work runs up to 1.5x slower with both cores busy
   on the 2-core VM this was written on).
+
+*Pipeline probe* (`pipeline=N`, N >= 2): after the operators, each model runs as an
+  N-stage `params` split under the runner (`runners.probe`: plan, export, `pipeplan run`
+  with a trace); the operators this calibration owns for the model are scaled by one
+  forward and one backward factor so that the predicted stage times add up to the
+  measured F and B actions (on the 2-core VM: 1.0x for ResNet up to 1.7x for the MLP,
+  whose sub-millisecond operators suffer most from sharing cores with the peer rank and
+  gloo's threads). Then the link's latency is fitted so that the simulator, fed every
+  probe's measured stage times, reproduces the probes' measured iterations
+  (`fit.link.pipeline`; the ping-pong's latency is kept as `fit.link.ping_pong_latency_us`):
+  on a host whose cores all compute, a message waits for a core, which a ping-pong
+  between idle processes never shows. A model that cannot be split or run keeps its
+  operator times (`models.<model>.pipeline.error`).
 
 Threads: `threads` (default `torch.get_num_threads()`, which follows OMP_NUM_THREADS) is
 set for every measurement and recorded. On a shared machine, repeat and compare.
@@ -1416,24 +1437,29 @@ def calibrate(
             ran.append(req)
     if ran and link_fig is not None:
         # every probe the profile holds (an --extend keeps the earlier models' ones)
-        from runners.probe import fit_pipeline_latency
+        from runners.probe import fit_pipeline_latency, fit_send_blocking
 
         records = [
             r["pipeline"]["replay"]
             for r in model_ops.reports.values()
             if isinstance(r.get("pipeline"), dict) and "replay" in r["pipeline"]
         ]
+        link_fit = dict(fit.get("link", {}))
         quiet = link_fig.model_copy(
-            update={
-                "latency_us": fit.get("link", {}).get("ping_pong_latency_us", link_fig.latency_us)
-            }
+            update={"latency_us": link_fit.get("ping_pong_latency_us", link_fig.latency_us)}
         )
+        sends = fit_send_blocking(records)
+        if sends is not None:  # the runner's own sends, stalls included, beat the ping-pong's
+            alpha, beta, link_fit["send_blocking_pipeline"] = sends
+            quiet = quiet.model_copy(
+                update={
+                    "send_blocking_us": alpha * 1e6,
+                    "send_blocking_GBps": beta / 1e9 if beta else None,
+                }
+            )
         latency_s, report = fit_pipeline_latency(records, quiet)
-        link_fig = link_fig.model_copy(update={"latency_us": latency_s * 1e6})
-        fit["link"] = dict(fit.get("link", {})) | {
-            "ping_pong_latency_us": quiet.latency_us,
-            "pipeline": report,
-        }
+        link_fig = quiet.model_copy(update={"latency_us": latency_s * 1e6})
+        fit["link"] = link_fit | {"ping_pong_latency_us": quiet.latency_us, "pipeline": report}
     if progress is not None:
         progress("done", total, total)
     return profile()

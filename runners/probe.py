@@ -12,8 +12,8 @@ sub-millisecond operators). Only a run shows it, so the probe makes one:
    times being calibrated), 1F1B, `microbatches` micro-batches;
 3. `exporters.bundle.export`, then `runners.launch.run` for `steps` training steps with
    a trace;
-4. per stage, the median forward (F) and backward (B, + W) action of the trace, the first
-   step left out, against the plan's per-stage prediction.
+4. per stage, the mean forward (F), backward (B, + W) and SEND action of the trace, the
+   first step left out, against the plan's per-stage prediction.
 
 `context_factors` turns that into one factor for forward and one for backward: the
 factor by which the operators the calibration owns must be scaled so that the predicted
@@ -38,9 +38,11 @@ from planner.shapes import ShapeBindings
 FACTOR_RANGE = (0.25, 4.0)
 
 
-def action_medians(trace_path: str | Path, microbatches: int) -> dict[int, dict[str, float]]:
-    """Per stage: median seconds of its F, B and W actions in a runner trace (`pipeplan run
-    --trace`), each stage's first `microbatches` actions of a kind (the first step) left out."""
+def action_means(trace_path: str | Path, microbatches: int) -> dict[int, dict[str, list]]:
+    """Per stage: mean seconds of its F, B, W and SEND actions in a runner trace (`pipeplan
+    run --trace`), each stage's first `microbatches` actions of a kind (the first step) left
+    out. Means, not medians: an iteration is a sum of actions, and the rare stalls of a
+    busy host (a send that waits a scheduler tick) belong in it."""
     events = [
         e
         for e in json.loads(Path(trace_path).read_text())["traceEvents"]
@@ -48,12 +50,12 @@ def action_medians(trace_path: str | Path, microbatches: int) -> dict[int, dict[
     ]
     durations: dict[int, dict[str, list[float]]] = {}
     for e in sorted(events, key=lambda e: e["ts"]):
-        match = re.fullmatch(r"([FBW])\d+ s\d+", e["name"])
+        match = re.fullmatch(r"([FBW])\d+ s\d+|(SEND)", e["name"])
         if match:
             per = durations.setdefault(e["args"]["stage"], {})
-            per.setdefault(match[1], []).append(e["dur"] * 1e-6)
+            per.setdefault(match[1] or match[2], []).append(e["dur"] * 1e-6)
     return {
-        s: {op: statistics.median(v[microbatches:] or v) for op, v in ops.items()}
+        s: {op: statistics.mean(v[microbatches:] or v) for op, v in ops.items()}
         for s, ops in sorted(durations.items())
     }
 
@@ -100,7 +102,7 @@ def run_probe(
     export(model, the_plan, bundle, force=True)
     trace = work / "trace.json"
     report = run(bundle, steps=steps, trace=str(trace))
-    measured = action_medians(trace, microbatches)
+    measured = action_means(trace, microbatches)
     return {
         "plan": the_plan,
         "stages": [
@@ -112,6 +114,7 @@ def run_probe(
                 "measured_forward_s": measured.get(st.index, {}).get("F", 0.0),
                 "measured_backward_s": measured.get(st.index, {}).get("B", 0.0)
                 + measured.get(st.index, {}).get("W", 0.0),
+                "measured_send_s": measured.get(st.index, {}).get("SEND"),
             }
             for st in the_plan.stages
         ],
@@ -154,7 +157,56 @@ def replay_record(probe: dict) -> dict:
         "backward_s": [st["measured_backward_s"] for st in probe["stages"]],
         "optimizer_s": [s.optimizer_ms / 1e3 for s in plan.stages],
         "measured_iteration_s": probe["measured_iteration_s"],
+        "sends": _send_points(plan, probe["stages"]),
     }
+
+
+def _send_points(plan, stages: list[dict]) -> list[list[float]]:
+    """[bytes, tensors, mean seconds] of each stage's SEND action (a message to one
+    neighbour per micro-batch: a first stage sends forward, a last stage backward)."""
+    from planner.pipeline import messages
+
+    routes = [
+        (r.tensor, r.src_stage, r.dst_stage, r.bytes, r.dtype.startswith(("float", "bfloat")))
+        for r in plan.routing.forward
+    ]
+    nbytes, count = messages(routes)
+    points = []
+    for st in stages:
+        s = st["stage"]
+        mean = st.get("measured_send_s")
+        keys = [k for k in nbytes if k[1] == s]
+        if mean is None or len(keys) != 1:  # a middle stage sends both ways: ambiguous
+            continue
+        points.append([nbytes[keys[0]], count[keys[0]], mean])
+    return points
+
+
+def fit_send_blocking(records: list[dict]) -> tuple[float, float | None, dict] | None:
+    """`t = tensors * alpha + bytes / beta` on every probe's SEND means (relative least
+    squares, coefficients >= 0); with one message size only, `alpha` alone. Returns
+    (alpha seconds, beta bytes/s or None, report) or None without points."""
+    import numpy as np
+
+    points = [p for r in records for p in r.get("sends", [])]
+    if not points:
+        return None
+    a = np.array([[k, n] for n, k, _ in points], dtype=float)
+    t = np.array([p[2] for p in points])
+    alpha, inv_beta = 0.0, 0.0
+    if len({p[0] for p in points}) >= 2:
+        coef, *_ = np.linalg.lstsq(a / t[:, None], np.ones(len(t)), rcond=None)
+        alpha, inv_beta = (max(0.0, float(c)) for c in coef)
+    if inv_beta == 0.0:
+        alpha = float(np.sum(a[:, 0] / t) / np.sum((a[:, 0] / t) ** 2))
+    predicted = a @ np.array([alpha, inv_beta])
+    report = {
+        "model": "send_blocking = tensors * send_blocking_us + bytes / send_blocking_GBps, "
+        "on the mean SEND action of every pipeline probe",
+        "points": [[int(n), int(k), round(s * 1e6, 1)] for n, k, s in points],
+        "mape_percent": round(float(np.mean(np.abs(predicted - t) / t)) * 100, 2),
+    }
+    return alpha, (1.0 / inv_beta if inv_beta > 0 else None), report
 
 
 def replay_iteration(record: dict, link) -> float:

@@ -297,3 +297,181 @@ def test_signatures_are_stable_and_shared() -> None:
     c = load_graph(GPT, ShapeBindings(batch=3))  # other shapes, other signatures
     sig_c = {d["signature"] for _, d in c.graph.nodes(data=True) if d["op_type"] == "MatMul"}
     assert not sig_c & {d["signature"] for d in ops if d["op_type"] == "MatMul"}
+
+
+# ------------------------------------------------------------------ optimizer, sends, probe
+
+
+def test_quick_profile_fits_the_optimizer_and_send_blocking(profile_path: Path) -> None:
+    profile = load_profile(profile_path)
+    assert set(profile.optimizer) == {"sgd", "momentum", "adam"}
+    for fit in profile.optimizer.values():
+        assert fit.per_tensor_us >= 0 and fit.per_param_ns >= 0
+        assert fit.per_tensor_us + fit.per_param_ns > 0
+    points = [p for p in profile.measurements["optimizer"] if p["optimizer"] == "adam"]
+    assert len(points) == 3 and all(p["seconds"] > 0 for p in points)
+    # the link knows how long isend holds its caller, and a cluster link carries it over
+    assert profile.link.send_blocking_us >= 0
+    assert profile.link.send_blocking_GBps is None or profile.link.send_blocking_GBps > 0
+    assert "send_blocking" in profile.fit["link"]
+
+
+def test_fit_optimizer_recovers_known_coefficients() -> None:
+    from runners.calibrate import fit_optimizer
+
+    points = [
+        {"optimizer": "adam", "tensors": t, "numel": n, "seconds": t * 20e-6 + t * n * 1.5e-9}
+        for t, n in ((2, 1 << 20), (8, 1 << 18), (32, 1 << 14), (128, 1 << 10))
+    ]
+    fits, report = fit_optimizer(points)
+    assert fits["adam"].per_tensor_us == pytest.approx(20.0, rel=1e-3)
+    assert fits["adam"].per_param_ns == pytest.approx(1.5, rel=1e-3)
+    assert report["adam"]["mape_percent"] < 0.01
+
+
+def test_plan_prices_the_measured_optimizer_step(profile_path: Path, tmp_path: Path) -> None:
+    from cost.optimizer import optimizer_step_seconds
+    from planner.api import plan
+    from planner.config import PlanConfig
+    from planner.shapes import ShapeBindings
+
+    cluster = write_cluster(tmp_path, str(profile_path))
+    p = plan(MLP, cluster, PlanConfig(stages=2, optimizer="adam"), ShapeBindings(batch=4))
+    fit = load_profile(profile_path).optimizer["adam"]
+    for st in p.stages:
+        assert st.optimizer_ms > 0
+        # at least the per-parameter part of the stage's weights (fp32: 4 bytes each)
+        assert st.optimizer_ms >= 0.999 * st.param_bytes / 4 * fit.per_param_ns * 1e-6
+    device = load_cluster(cluster).device(p.stages[0].device)
+    assert optimizer_step_seconds(device, 1000, 2, "adam") == pytest.approx(
+        2 * fit.per_tensor_us * 1e-6 + 1000 * fit.per_param_ns * 1e-9
+    )
+    tails = {t.device: t.optimizer_ms for t in p.simulation.per_device}
+    assert sum(tails.values()) == pytest.approx(sum(st.optimizer_ms for st in p.stages))
+
+
+def test_context_factors_solve_for_the_owned_part() -> None:
+    from runners.probe import FACTOR_RANGE, context_factors
+
+    stages = [
+        {
+            "nodes": ["a", "b"],
+            "predicted_forward_s": 3.0,
+            "predicted_backward_s": 6.0,
+            "measured_forward_s": 5.0,
+            "measured_backward_s": 6.0,
+        },
+        {
+            "nodes": ["c"],
+            "predicted_forward_s": 1.0,
+            "predicted_backward_s": 2.0,
+            "measured_forward_s": 2.0,
+            "measured_backward_s": 2.0,
+        },
+    ]
+    # owned: a (1, 2) and c (1, 2); b's time (2 fwd, 4 bwd) is priced otherwise
+    owned = {"a": (1.0, 2.0), "c": (1.0, 2.0)}
+    f = context_factors(stages, owned)
+    assert f["forward_factor"] == pytest.approx((7.0 - 2.0) / 2.0)  # 7 = f * 2 + 2
+    assert f["backward_factor"] == pytest.approx((8.0 - 4.0) / 4.0)
+    wild = context_factors([dict(stages[1], measured_forward_s=100.0)], {"c": (1.0, 2.0)})
+    assert wild["forward_factor"] == FACTOR_RANGE[1]
+    assert context_factors(stages, {})["forward_factor"] == 1.0
+
+
+def test_latency_fit_recovers_the_latency_that_made_the_iterations() -> None:
+    from cost.links import LinkSpec
+    from planner.api import plan
+    from planner.config import PlanConfig
+    from planner.shapes import ShapeBindings
+    from runners.probe import fit_pipeline_latency, replay_iteration, replay_record
+
+    p = plan(
+        MLP,
+        ROOT / "samples" / "clusters" / "cpu2.yaml",
+        PlanConfig(stages=2, schedule="1f1b", microbatches=8, strategy="params"),
+        ShapeBindings(batch=64),
+    )
+    probe = {
+        "plan": p,
+        "stages": [
+            {
+                "stage": st.index,
+                "measured_forward_s": 1e-3,
+                "measured_backward_s": 2e-3 + 1e-4 * st.index,
+            }
+            for st in p.stages
+        ],
+        "measured_iteration_s": 0.0,
+    }
+    record = replay_record(probe)
+    link = LinkSpec(name="x", bandwidth_GBps=3.0, latency_us=100.0, efficiency=1.0)
+    truth = link.model_copy(update={"latency_us": 1500.0})
+    record["measured_iteration_s"] = replay_iteration(record, truth)
+    assert record["measured_iteration_s"] > replay_iteration(record, link)
+    latency_s, report = fit_pipeline_latency([record], link)
+    assert latency_s * 1e6 == pytest.approx(1500.0, rel=0.02)
+    assert report["mean_error_percent"] < 0.5
+    assert report["mean_error_percent_at_ping_pong_latency"] > report["mean_error_percent"]
+
+
+@pytest.mark.slow
+def test_calibrate_with_a_pipeline_probe(tmp_path: Path) -> None:
+    """A real probe: plan, export and a 2-process run of the MLP under calibration."""
+    out = tmp_path / "probe.yaml"
+    result = pipeplan(
+        "calibrate",
+        "--quick",
+        "--model",
+        str(MLP),
+        "--batch",
+        "16",
+        "--pipeline",
+        "2",
+        "-o",
+        str(out),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    profile = load_profile(out)
+    (report,) = profile.models.values()
+    probe = report["pipeline"]
+    assert "error" not in probe, probe
+    lo, hi = 0.25, 4.0
+    assert lo <= probe["forward_factor"] <= hi and lo <= probe["backward_factor"] <= hi
+    assert len(probe["per_stage_ms"]) == 2
+    assert all(st["measured_forward_ms"] > 0 for st in probe["per_stage_ms"])
+    assert probe["measured_iteration_ms"] > 0 and probe["replay"]["schedule"]["stages"] == 2
+    fit = profile.fit["link"]["pipeline"]
+    assert fit["probes"] == 1
+    assert profile.link.latency_us == pytest.approx(fit["latency_us"], rel=1e-3)
+    assert fit["latency_us"] >= fit["ping_pong_latency_us"] * 0.999
+    # the operators the calibration owns were scaled by the factors
+    for op in profile.ops.values():
+        if op.isolated_forward_s:
+            assert op.forward_s >= op.isolated_forward_s * lo
+    assert (
+        pipeplan(
+            "calibrate", "--quick", "--pipeline", "1", "-o", str(tmp_path / "x.yaml")
+        ).returncode
+        == 2
+    )
+
+
+def test_send_blocking_fit_on_probe_sends() -> None:
+    from runners.probe import fit_send_blocking
+
+    def t(n, k):
+        return k * 50e-6 + n / 2e9
+
+    records = [
+        {"sends": [[n, k, t(n, k)] for n, k in ((65536, 1), (1 << 20, 2))]},
+        {"sends": [[131072, 1, t(131072, 1)]]},
+    ]
+    alpha, beta, report = fit_send_blocking(records)
+    assert alpha == pytest.approx(50e-6, rel=1e-6) and beta == pytest.approx(2e9, rel=1e-6)
+    assert report["mape_percent"] < 1e-6 and len(report["points"]) == 3
+    # one size only: a per-tensor figure, no per-byte part
+    alpha, beta, _ = fit_send_blocking([{"sends": [[4096, 2, 1e-4], [4096, 2, 3e-4]]}])
+    assert beta is None and 50e-6 < alpha < 150e-6
+    assert fit_send_blocking([{"sends": []}]) is None
