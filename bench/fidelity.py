@@ -313,7 +313,7 @@ def main() -> None:
             if split_of(alt["plan"]) != split_of(ilp["plan"]):
                 chosen = (name, ilp, alt)
                 break
-    if chosen is not None:
+    if chosen is not None and args.ab_runs > 0:
         name, ilp, alt = chosen
         measured: dict[str, list[dict]] = {"ilp": [], "params": []}
         for r in range(args.ab_runs):
