@@ -124,7 +124,9 @@ def register(app: typer.Typer) -> None:
         from runners.calibrate import calibrate as run_calibrate
 
         requests = [ModelRequest(m, bindings) for m in model or []]
-        with _progress() as progress:
+        from planner.progress import ProgressBar
+
+        with ProgressBar("measuring", elapsed=True) as update:
             profile = run_calibrate(
                 device,
                 requests,
@@ -136,7 +138,7 @@ def register(app: typer.Typer) -> None:
                 concurrency=concurrency,
                 pipeline=pipeline,
                 extend=base,
-                progress=progress,
+                progress=lambda what, done, total: update(done, total, what),
                 note=note,
             )
         save_profile(profile, out, header=_header(profile, quick))
@@ -166,45 +168,6 @@ def _header(profile, quick: bool) -> str:
     if quick:
         lines.append("QUICK calibration (small sizes, few repeats): for tests, not for planning.")
     return "\n".join(lines)
-
-
-class _progress:
-    """A rich progress bar on stderr, fed by `calibrate(progress=...)`."""
-
-    def __init__(self):
-        self.bar = None
-        self.task = None
-
-    def __enter__(self):
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self.bar.start()
-        return self.update
-
-    def update(self, what: str, done: int, total: int) -> None:
-        assert self.bar is not None
-        if self.task is None:
-            self.task = self.bar.add_task(what, total=total)
-        self.bar.update(self.task, completed=done, total=total, description=f"measuring {what}")
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def _module_of(app: typer.Typer):

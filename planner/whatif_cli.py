@@ -130,7 +130,9 @@ def register(app: typer.Typer) -> None:
         )
         if png:
             _check_png_target(png)
-        with _progress(enabled=not json_out) as progress:
+        from planner.progress import ProgressBar
+
+        with ProgressBar("planning", enabled=not json_out) as progress:
             report = run_whatif(
                 model,
                 cluster,
@@ -173,41 +175,6 @@ def _check_png_target(path: str) -> None:
     parent = Path(path).parent
     if not parent.exists():
         raise PipeplanError(f"output folder does not exist: {parent}")
-
-
-class _progress:
-    """A rich progress bar over scenarios on stderr; a no-op when disabled."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.bar = None
-        self.task = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self.bar.start()
-        return self.update
-
-    def update(self, done: int, total: int, label: str) -> None:
-        assert self.bar is not None
-        if self.task is None:
-            self.task = self.bar.add_task(label, total=total)
-        self.bar.update(self.task, completed=done, total=total, description=f"planning {label}")
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 # ----------------------------------------------------------------------------- table
