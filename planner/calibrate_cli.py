@@ -15,6 +15,8 @@ from typing import Annotated
 
 import typer
 
+from planner.cli_module import module_of
+
 
 def register(app: typer.Typer) -> None:
     """Add the `calibrate` command to `app` (the `pipeplan` Typer app)."""
@@ -23,7 +25,7 @@ def register(app: typer.Typer) -> None:
         for c in app.registered_commands
     ):
         return  # registered already
-    cli = _module_of(app)
+    cli = module_of(app)
     guarded, DimOpt, BatchOpt, InputShapeOpt = (
         cli.guarded,
         cli.DimOpt,
@@ -168,14 +170,3 @@ def _header(profile, quick: bool) -> str:
     if quick:
         lines.append("QUICK calibration (small sizes, few repeats): for tests, not for planning.")
     return "\n".join(lines)
-
-
-def _module_of(app: typer.Typer):
-    """The module defining `app` and the shared helpers: `planner.cli`, or `__main__` when
-    run as `python -m planner.cli` (importing `planner.cli` again would make a second copy)."""
-    for module in list(sys.modules.values()):
-        if getattr(module, "app", None) is app and hasattr(module, "guarded"):
-            return module
-    from planner import cli
-
-    return cli

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from planner.cli_module import module_of
+
 if TYPE_CHECKING:
     from planner.whatif import WhatIfReport
 
@@ -29,7 +31,7 @@ def register(app: typer.Typer) -> None:
         for c in app.registered_commands
     ):
         return  # registered already
-    cli = _module_of(app)
+    cli = module_of(app)
 
     guarded, DimOpt, BatchOpt = cli.guarded, cli.DimOpt, cli.BatchOpt
     InputShapeOpt, LayersOpt, LayerDepthOpt = cli.InputShapeOpt, cli.LayersOpt, cli.LayerDepthOpt
@@ -156,17 +158,6 @@ def register(app: typer.Typer) -> None:
             print(report.model_dump_json(indent=2))
             return
         print_whatif(report, png)
-
-
-def _module_of(app: typer.Typer):
-    """The module defining `app` and the shared helpers: `planner.cli`, or `__main__` when
-    run as `python -m planner.cli` (importing `planner.cli` again would make a second copy)."""
-    for module in list(sys.modules.values()):
-        if getattr(module, "app", None) is app and hasattr(module, "guarded"):
-            return module
-    from planner import cli
-
-    return cli
 
 
 def _check_png_target(path: str) -> None:
