@@ -265,10 +265,10 @@ def _to_plan(
         layers = [lg.layers[i] for i in st.layers]
         params = {p for layer in layers for p in layer.params}
         spec = cluster.device(st.device)
-        compute_bound = st.compute_s >= max(st.send_s, st.grad_send_s)
+        compute_bound = st.occupied_s >= max(st.send_s, st.grad_send_s)
         if not st.fits:
             binds = "memory"
-        elif abs(max(st.compute_s, st.send_s, st.grad_send_s) - ev.bottleneck_s) <= 1e-12 * max(
+        elif abs(max(st.occupied_s, st.send_s, st.grad_send_s) - ev.bottleneck_s) <= 1e-12 * max(
             ev.bottleneck_s, 1e-30
         ):
             binds = "compute" if compute_bound else "link"
@@ -291,6 +291,7 @@ def _to_plan(
                 weight_grad_ms=st.weight_grad_s * 1e3,
                 compute_ms=st.compute_s * 1e3,
                 optimizer_ms=st.optimizer_s * 1e3,
+                send_blocking_ms=st.send_blocking_s * 1e3,
                 send_ms=st.send_s * 1e3,
                 grad_send_ms=st.grad_send_s * 1e3,
                 param_bytes=sum(mg.params[p].nbytes for p in params if mg.params[p].trainable),

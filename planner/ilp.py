@@ -227,6 +227,38 @@ def solve_ilp(problem: Problem, warm: Assignment | None = None) -> IlpResult:
             big = max(0.0, worst - cap)
             lp += (1.0 / cap) * usage <= 1.0 + (big / cap) * (1 - w[j, g]), f"mem_{j}_{g}"
 
+    # Host-driven sends (gloo on CPUs) hold the sending slot, per micro-batch, in series with
+    # its compute: slot j sends activations over boundary j (to slot j - 1, Hf) and
+    # gradients over boundary j + 1 (to slot j + 1, the previous stage, Hb).
+    Hf: dict = {}
+    Hb: dict = {}
+    blocking = {
+        (g, k): [problem.link(g, k).send_blocking_seconds(f.nbytes) * tscale for f in flows]
+        for g, k in pairs
+    }
+    blocking = {gk: row for gk, row in blocking.items() if any(v > 0 for v in row)}
+    if blocking:
+        Hf = {j: pulp.LpVariable(f"Hf_{j}", 0) for j in range(1, J)}
+        Hb = {j: pulp.LpVariable(f"Hb_{j}", 0) for j in range(J - 1)} if training else {}
+        for (g, k), row in blocking.items():
+            big = sum(row)
+            for j in Hf:
+                lp += (
+                    Hf[j]
+                    >= pulp.lpSum(t * c[f, j] for f, t in enumerate(row))
+                    - big * (2 - w[j, g] - w[j - 1, k]),
+                    f"Hf_{j}_{g}_{k}",
+                )
+            floats = [(f, t) for f, t in enumerate(row) if flows[f].is_float]
+            big_b = sum(t for _, t in floats)
+            for j in Hb:
+                lp += (
+                    Hb[j]
+                    >= pulp.lpSum(t * c[f, j + 1] for f, t in floats)
+                    - big_b * (2 - w[j, g] - w[j + 1, k]),
+                    f"Hb_{j}_{g}_{k}",
+                )
+
     # Step tail: the optimizer step of each slot's parameters (own and shared), once per
     # iteration after the pipeline drains; the iteration waits for the slowest one.
     step = [list(layer.optimizer_s) or [0.0] * G for layer in problem.layers]
@@ -244,7 +276,7 @@ def solve_ilp(problem: Problem, warm: Assignment | None = None) -> IlpResult:
                 )
 
     for j in range(J):
-        lp += T[j] <= P, f"P_T_{j}"
+        lp += T[j] + Hf.get(j, 0) + Hb.get(j, 0) <= P, f"P_T_{j}"
     for j in range(1, J):
         lp += K[j] <= P, f"P_K_{j}"
         if training:
@@ -256,16 +288,18 @@ def solve_ilp(problem: Problem, warm: Assignment | None = None) -> IlpResult:
         )
 
     links_total = pulp.lpSum(K.values()) + pulp.lpSum(Kb.values())
+    held = pulp.lpSum(Hf.values()) + pulp.lpSum(Hb.values())
     if cfg.objective == "latency":
-        objective = pulp.lpSum(T.values()) + pulp.lpSum(K.values()) + Z
+        objective = pulp.lpSum(T.values()) + pulp.lpSum(K.values()) + held + Z
     else:
-        objective = pulp.lpSum(T.values()) + links_total + (m - 1) * P + Z
+        objective = pulp.lpSum(T.values()) + links_total + held + (m - 1) * P + Z
     lp += objective
     bound = lower_bound(problem, J)
     lp += objective >= bound * tscale * (1 - 1e-9), "analytic_bound"
 
     if warm is not None and warm.num_stages <= J and evaluate(problem, warm).fits:
         _set_warm_start(problem, warm, J, x, w, u, T, K, Kb, P, c, h, tscale)
+        _warm_holds(problem, warm, J, Hf, Hb, tscale)
         Z.setInitialValue(
             max((st.optimizer_s for st in evaluate(problem, warm).stages), default=0.0) * tscale
         )
@@ -315,6 +349,32 @@ def _set_warm_start(problem, a: Assignment, J, x, w, u, T, K, Kb, P, c, h, tscal
     for (sidx, j), var in h.items():
         layers = problem.shared[sidx].layers
         var.setInitialValue(1 if any(slot[layer] == j for layer in layers) else 0)
+
+
+def _warm_holds(problem, a: Assignment, J, Hf: dict, Hb: dict, tscale: float) -> None:
+    """Initial values of the send-hold variables for assignment `a` (see `solve_ilp`)."""
+    p = a.num_stages
+    groups = [problem.group_of_device[d] for d in a.devices]
+    crossing = crossing_tensors(problem, a)
+    flows = problem.flows
+    for j, var in Hf.items():
+        s = p - 1 - j  # slot j is stage s; it sends activations to stage s + 1
+        value = 0.0
+        if 0 <= s < p - 1:
+            link = problem.link(groups[s], groups[s + 1])
+            value = sum(link.send_blocking_seconds(flows[i].nbytes) for i in crossing[s])
+        var.setInitialValue(value * tscale)
+    for j, var in Hb.items():
+        s = p - 1 - j  # slot j is stage s; it sends gradients to stage s - 1
+        value = 0.0
+        if 1 <= s < p:
+            link = problem.link(groups[s], groups[s - 1])
+            value = sum(
+                link.send_blocking_seconds(flows[i].nbytes)
+                for i in crossing[s - 1]
+                if flows[i].is_float
+            )
+        var.setInitialValue(value * tscale)
 
 
 def _extract(problem: Problem, J, x, w, u) -> Assignment:

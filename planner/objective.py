@@ -4,7 +4,9 @@ An `Assignment` puts each layer on a stage (0 = first) and each stage on a disti
 device. `evaluate` prices it, per micro-batch:
 
 * **Stage compute** `T_s`: forward + backward time of its layers on its device
-  (forward only for inference), from the roofline cost model.
+  (forward only for inference), from the roofline cost model, plus, over links whose host
+  moves the bytes (gloo on CPUs), the time its own sends hold it
+  (`LinkSpec.send_blocking_seconds`, per tensor: activations forward, gradients back).
 * **Links**: a tensor produced on stage `s` and consumed on stage `t > s` is **relayed
   hop by hop** over the links `s -> s+1 -> ... -> t` (each intermediate stage forwards
   it; gradients come back the same way). So each stage talks only to its neighbours, as
@@ -73,6 +75,14 @@ class StageEval:
     in_flight: int
     #: the optimizer step over the stage's parameters, once per iteration (the step tail)
     optimizer_s: float = 0.0
+    #: per micro-batch: the stage held by its own sends over host-driven links
+    #: (`LinkSpec.send_blocking_seconds`), in series with its compute
+    send_blocking_s: float = 0.0
+
+    @property
+    def occupied_s(self) -> float:
+        """Per micro-batch: compute plus host-driven sends, the stage's period resource."""
+        return self.compute_s + self.send_blocking_s
 
     @property
     def fits(self) -> bool:
@@ -137,12 +147,20 @@ def evaluate(problem: Problem, a: Assignment) -> Evaluation:
     flows = problem.flows
     send = [0.0] * p
     grad_send = [0.0] * p
+    hold = [0.0] * p  # host-driven sends holding each stage, per micro-batch
     for s in range(p - 1):
         link = problem.link(groups[s], groups[s + 1])
         send[s] = sum(link.transfer_seconds(flows[i].nbytes) for i in crossing[s])
+        hold[s] += sum(link.send_blocking_seconds(flows[i].nbytes) for i in crossing[s])
         if training:
             grad_send[s] = sum(
                 link.transfer_seconds(flows[i].nbytes) for i in crossing[s] if flows[i].is_float
+            )
+            back = problem.link(groups[s + 1], groups[s])
+            hold[s + 1] += sum(
+                back.send_blocking_seconds(flows[i].nbytes)
+                for i in crossing[s]
+                if flows[i].is_float
             )
     stages = []
     schedule = cfg.pricing_schedule if training else "infer"
@@ -190,14 +208,15 @@ def evaluate(problem: Problem, a: Assignment) -> Evaluation:
                 capacity_bytes=int(problem.capacity(g)),
                 in_flight=flight,
                 optimizer_s=optimizer,
+                send_blocking_s=hold[s],
             )
         )
-    resources = [(st.compute_s, f"stage {st.index} compute") for st in stages]
+    resources = [(st.occupied_s, f"stage {st.index} compute") for st in stages]
     resources += [(send[s], f"link {s}->{s + 1}") for s in range(p - 1)]
     if training:
         resources += [(grad_send[s], f"link {s + 1}->{s} (gradients)") for s in range(p - 1)]
     bottleneck_s, bottleneck = max(resources, key=lambda r: r[0])
-    fill = sum(st.compute_s for st in stages) + sum(send) + sum(grad_send)
+    fill = sum(st.occupied_s for st in stages) + sum(send) + sum(grad_send)
     iteration = fill if cfg.objective == "latency" else fill + (m - 1) * bottleneck_s
     tail: dict[str, float] = {}
     for st in stages:

@@ -58,6 +58,10 @@ class StagePlan(BaseModel):
     optimizer_ms: float = Field(
         0.0, description="optimizer step over the stage's parameters, once per iteration"
     )
+    send_blocking_ms: float = Field(
+        0.0,
+        description="per micro-batch: the stage held by its sends over host-driven links",
+    )
     send_ms: float = Field(description="activations to the next stage per micro-batch")
     grad_send_ms: float = Field(description="gradients back from the next stage per micro-batch")
     param_bytes: int = Field(

@@ -24,7 +24,7 @@ def make_problem(
     act_bytes: list[int],
     config: PlanConfig,
     shared: list[tuple[int, ...]] = (),
-    links: tuple[str, str] = ("NVLink3", "IB-HDR"),
+    links: tuple = ("NVLink3", "IB-HDR"),
 ) -> Problem:
     """A problem over `len(work)` layers; layer l does work[l] GFLOP (forward)."""
     nodes = []

@@ -11,6 +11,12 @@ from planner.ilp import solve_ilp
 from planner.objective import check_assignment, evaluate
 from tests.random_problems import KINDS, exhaustive_best, make_problem
 
+#: links whose hosts move the bytes: sends hold the sending stage (gloo-like)
+HOST_LINKS = (
+    {"bandwidth_GBps": 3, "latency_us": 100, "send_blocking_us": 300, "send_blocking_GBps": 4},
+    {"bandwidth_GBps": 1, "latency_us": 500, "send_blocking_us": 50},
+)
+
 
 @st.composite
 def problems(draw, chain: bool, solver: str = "highs"):
@@ -49,6 +55,7 @@ def problems(draw, chain: bool, solver: str = "highs"):
         act_bytes=draw(st.lists(st.integers(0, 10**9), min_size=n, max_size=n)),
         config=config,
         shared=[(0, n - 1)] if draw(st.booleans()) and n > 2 else [],
+        links=draw(st.sampled_from([("NVLink3", "IB-HDR"), HOST_LINKS])),
     )
 
 
@@ -85,3 +92,25 @@ def test_ilp_matches_exhaustive_search_on_dags(problem):
 @given(problems(chain=False, solver="cbc"))
 def test_cbc_fallback_is_exact_too(problem):
     _check(problem)
+
+
+@pytest.mark.parametrize("objective", ["throughput", "latency"])
+def test_host_driven_sends_are_priced_and_exact(objective):
+    problem = make_problem(
+        work=[5.0, 1.0, 8.0, 2.0, 6.0, 3.0],
+        edges=[(i, i + 1) for i in range(5)],
+        edge_bytes=[3 * 10**6, 10**5, 2 * 10**6],
+        node_kinds=[["A100-80GB", "A100-80GB", "A100-80GB"]],
+        memory_gb={"A100-80GB": 80, "V100-16GB": 16, "T4": 16},
+        state_bytes=[25 * 10**9] * 6,  # three layers per device at most: 2 or 3 stages
+        act_bytes=[10**8] * 6,
+        config=PlanConfig(microbatches=4, objective=objective, memory_headroom=0.0),
+        links=HOST_LINKS,
+    )
+    expected = exhaustive_best(problem)
+    result = solve_ilp(problem)
+    ev = evaluate(problem, result.assignment)
+    assert ev.objective == pytest.approx(expected, rel=1e-6)
+    assert result.assignment.num_stages >= 2
+    assert any(st.send_blocking_s > 0 for st in ev.stages)
+    assert all(st.occupied_s == st.compute_s + st.send_blocking_s for st in ev.stages)
