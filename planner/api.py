@@ -113,7 +113,11 @@ def _plan_once(
             seconds=0.0,
         )
         return _to_plan(mg, lg, problem, a, ev, report, rows, bindings)
-    result = solve_ilp(problem, warm=best[0] if best else None)
+    result = solve_ilp(
+        problem,
+        warm=best[0] if best else None,
+        alternatives=[a for a, ev in candidates.values() if ev.fits],
+    )
     if result.assignment is None:
         if result.solve.status == "infeasible":
             worst = min((c[1] for c in candidates.values()), key=_deficit)

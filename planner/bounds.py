@@ -17,6 +17,9 @@ baseline's plan meets it.
   cheapest single tensor (any cut of a connected DAG carries one).
 * Nodes: p stages on distinct devices use at least as many nodes as it takes to hold p
   devices, so at least that many boundaries minus one cross between nodes.
+* Step tail (the slowest stage's optimizer step, `cost.optimizer`): at least the min-max
+  partition of every layer's cheapest step into p parts on chains, `max(largest, total /
+  p)` otherwise (shared weights left out: the bound stays valid).
 """
 
 from __future__ import annotations
@@ -75,8 +78,20 @@ def _min_nodes(problem: Problem, p: int) -> int:
     return len(sizes)
 
 
-def lower_bound(problem: Problem, slots: int) -> float:
-    """The bound of the module docstring for plans of at most `slots` stages."""
+def tail_bound(problem: Problem, p: int) -> float:
+    """A lower bound on the step tail of any plan with `p` stages (module docstring)."""
+    steps = [min(layer.optimizer_s) if layer.optimizer_s else 0.0 for layer in problem.layers]
+    if not any(steps):
+        return 0.0
+    if problem.is_chain and len(steps) >= p > 1:
+        edges = [0, *min_max_partition(steps, p), len(steps)]
+        return max(sum(steps[a:b]) for a, b in zip(edges, edges[1:], strict=False))
+    return max(max(steps), sum(steps) / max(p, 1))
+
+
+def lower_bound(problem: Problem, slots: int, tail: bool = True) -> float:
+    """The bound of the module docstring for plans of at most `slots` stages (`tail`:
+    with the optimizer-step tail)."""
     training = problem.training
     groups = range(len(problem.groups))
     best = [min(layer.compute_s(g, training) for g in groups) for layer in problem.layers]
@@ -99,6 +114,10 @@ def lower_bound(problem: Problem, slots: int) -> float:
         intra_b = min(intra_b, inter_b) if has_inter else intra_b
     if not has_intra:
         intra, intra_b = inter, inter_b
+
+    def tail_of(p: int) -> float:
+        return tail_bound(problem, p) if tail else 0.0
+
     p_values = [problem.config.stages] if problem.config.stages else range(1, max(slots, 1) + 1)
     bound = math.inf
     for p in p_values:
@@ -106,7 +125,7 @@ def lower_bound(problem: Problem, slots: int) -> float:
         intra_hops = max(p - 1 - inter_hops, 0)
         links = intra_hops * (intra + intra_b) + inter_hops * (inter + inter_b)
         if latency:
-            bound = min(bound, total + links)
+            bound = min(bound, total + links + tail_of(p))
             continue
         if p == 1:
             slowest = total
@@ -119,5 +138,5 @@ def lower_bound(problem: Problem, slots: int) -> float:
         link_floor = min(intra if intra_hops else math.inf, inter if inter_hops else math.inf)
         if p > 1 and math.isfinite(link_floor):
             slowest = max(slowest, link_floor)
-        bound = min(bound, total + links + (m - 1) * slowest)
+        bound = min(bound, total + links + (m - 1) * slowest + tail_of(p))
     return bound if math.isfinite(bound) else 0.0

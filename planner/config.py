@@ -41,6 +41,12 @@ class PlanConfig(BaseModel):
     )
     strategy: Strategy = Field("ilp", description="ilp, or a baseline: uniform, params, greedy, dp")
     time_limit_s: float = Field(30.0, description="ILP solver time limit, seconds")
+    tail_gap: float = Field(
+        0.005,
+        ge=0.0,
+        description="keep the ILP's split solved without the optimizer-step tail when, tail "
+        "included, it is proven within this fraction of the optimum (0: always solve with it)",
+    )
     memory_headroom: float = Field(0.1, description="fraction of each device's memory kept free")
     stages: int | None = Field(
         None, description="fix the number of pipeline stages (default: the planner picks)"

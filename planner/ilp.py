@@ -40,13 +40,15 @@ the gap.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulp
 
 from cost.memory import in_flight_from_end
-from planner.bounds import lower_bound
+from planner.bounds import lower_bound, tail_bound
 from planner.objective import Assignment, crossing_tensors, evaluate
 from planner.problem import Problem
 from planner.solvers import SolveResult, solve
@@ -84,8 +86,88 @@ def _equivalent_groups(problem: Problem) -> list[tuple[int, int]]:
     return pairs
 
 
-def solve_ilp(problem: Problem, warm: Assignment | None = None) -> IlpResult:
-    """Build and solve the MILP; return the best assignment found (None if infeasible)."""
+def solve_ilp(
+    problem: Problem, warm: Assignment | None = None, alternatives: Sequence[Assignment] = ()
+) -> IlpResult:
+    """Build and solve the MILP; return the best assignment found (None if infeasible).
+
+    The optimizer-step tail (`Z`) makes the LP relaxation much weaker (a fractional split
+    spreads every step thin), so with a tail the MILP is first solved without it: that
+    optimum's dual bound plus the smallest tail any plan can have (`bounds.tail_bound`)
+    bounds the true optimum. If the first split, tail included, is within
+    `config.tail_gap` of that bound, it is kept (status `near_optimal`, the gap reported);
+    otherwise the full MILP runs, warm-started from it, with that bound as a cut. The first
+    solve starts from whichever of `warm` and `alternatives` is best without the tail."""
+    cfg = problem.config
+    has_tail = any(max(row.optimizer_s, default=0.0) > 0 for row in problem.layers) or any(
+        max(sp.optimizer_s, default=0.0) > 0 for sp in problem.shared
+    )
+    if not has_tail or cfg.tail_gap <= 0:
+        return _solve_ilp(problem, warm, tail=True)
+    from planner.baselines import BASELINES  # baselines import this module's peers
+
+    bare = without_optimizer_steps(problem)
+    starts = [a for a in (warm, *alternatives, BASELINES["dp"](bare)) if a is not None]
+    starts = [a for a in starts if evaluate(bare, a).fits]
+    start = min(starts, key=lambda a: evaluate(bare, a).objective, default=warm)
+    first = _solve_ilp(bare, start, tail=False)
+    if first.assignment is None or first.solve.bound is None:
+        return first if first.assignment is None else _solve_ilp(problem, warm, tail=True)
+    J = min(cfg.stages or problem.max_stages, problem.max_stages)
+    stage_counts = [cfg.stages] if cfg.stages else range(1, J + 1)
+    # a solver's dual bound is good to its tolerances: shave it before using it as a cut
+    floor = max(first.solve.bound * (1 - 1e-6), first.lower_bound) + min(
+        tail_bound(problem, p) for p in stage_counts
+    )
+    # the tail-free optimum, or a start that is better once its tail counts
+    chosen = min(
+        [first.assignment, *(a for a in starts if evaluate(problem, a).fits)],
+        key=lambda a: evaluate(problem, a).objective,
+    )
+    value = evaluate(problem, chosen).objective
+    if value - floor <= cfg.tail_gap * value:
+        status = "optimal" if value - floor <= 1e-9 * value else "near_optimal"
+        return IlpResult(
+            chosen,
+            SolveResult(first.solve.backend, status, value, floor, first.solve.seconds),
+            floor,
+            first.variables,
+            first.constraints,
+            first.build_seconds,
+        )
+    remaining = max(1.0, cfg.time_limit_s - first.solve.seconds)
+    full = _solve_ilp(problem, chosen, tail=True, floor=floor, time_limit=remaining)
+    seconds = first.solve.seconds + full.solve.seconds
+    return IlpResult(
+        full.assignment,
+        SolveResult(
+            full.solve.backend, full.solve.status, full.solve.objective, full.solve.bound, seconds
+        ),
+        max(full.lower_bound, floor),
+        full.variables,
+        full.constraints,
+        first.build_seconds + full.build_seconds,
+    )
+
+
+def without_optimizer_steps(problem: Problem) -> Problem:
+    """`problem` with no optimizer-step tail (every layer's and shared weight's step 0)."""
+    return dataclasses.replace(
+        problem,
+        layers=[dataclasses.replace(layer, optimizer_s=()) for layer in problem.layers],
+        shared=[dataclasses.replace(sp, optimizer_s=()) for sp in problem.shared],
+    )
+
+
+def _solve_ilp(
+    problem: Problem,
+    warm: Assignment | None,
+    *,
+    tail: bool,
+    floor: float = 0.0,
+    time_limit: float | None = None,
+) -> IlpResult:
+    """The MILP; `tail`: with the optimizer-step tail; `floor`: a known lower bound."""
     start = time.perf_counter()
     cfg = problem.config
     training = problem.training
@@ -263,7 +345,7 @@ def solve_ilp(problem: Problem, warm: Assignment | None = None) -> IlpResult:
     # iteration after the pipeline drains; the iteration waits for the slowest one.
     step = [list(layer.optimizer_s) or [0.0] * G for layer in problem.layers]
     shared_step = [list(sp.optimizer_s) or [0.0] * G for sp in problem.shared]
-    if any(v > 0 for row in step + shared_step for v in row):
+    if tail and any(v > 0 for row in step + shared_step for v in row):
         for g in range(G):
             big = (sum(row[g] for row in step) + sum(row[g] for row in shared_step)) * tscale
             for j in range(J):
@@ -274,6 +356,18 @@ def solve_ilp(problem: Problem, warm: Assignment | None = None) -> IlpResult:
                     <= Z,
                     f"Z_{j}_{g}",
                 )
+        # valid cuts without big-M (as T_min): every slot's tail at its cheapest group
+        # bounds Z, and Z is at least the cheapest total spread over the most slots
+        cheapest_step = [min(row) * tscale for row in step]
+        cheapest_shared = [min(row) * tscale for row in shared_step]
+        for j in range(J):
+            lp += (
+                pulp.lpSum(cheapest_step[layer] * x[layer, j] for layer in range(L))
+                + pulp.lpSum(t * h[s, j] for s, t in enumerate(cheapest_shared))
+                <= Z,
+                f"Z_min_{j}",
+            )
+        lp += sum(cheapest_step) <= Z * J, "Z_spread"
 
     for j in range(J):
         lp += T[j] + Hf.get(j, 0) + Hb.get(j, 0) <= P, f"P_T_{j}"
@@ -294,17 +388,18 @@ def solve_ilp(problem: Problem, warm: Assignment | None = None) -> IlpResult:
     else:
         objective = pulp.lpSum(T.values()) + links_total + held + (m - 1) * P + Z
     lp += objective
-    bound = lower_bound(problem, J)
+    bound = max(lower_bound(problem, J, tail=tail), floor)
     lp += objective >= bound * tscale * (1 - 1e-9), "analytic_bound"
 
     if warm is not None and warm.num_stages <= J and evaluate(problem, warm).fits:
         _set_warm_start(problem, warm, J, x, w, u, T, K, Kb, P, c, h, tscale)
         _warm_holds(problem, warm, J, Hf, Hb, tscale)
-        Z.setInitialValue(
-            max((st.optimizer_s for st in evaluate(problem, warm).stages), default=0.0) * tscale
-        )
+        # every variable needs a value, or the solver drops the warm start
+        tail_value = max((st.optimizer_s for st in evaluate(problem, warm).stages), default=0.0)
+        Z.setInitialValue(tail_value * tscale if tail else 0.0)
     build_seconds = time.perf_counter() - start
-    result = solve(lp, backend=cfg.solver, time_limit=cfg.time_limit_s)
+    limit = cfg.time_limit_s if time_limit is None else time_limit
+    result = solve(lp, backend=cfg.solver, time_limit=limit)
     result = SolveResult(
         result.backend,
         result.status,

@@ -161,7 +161,9 @@ class SolverReport(BaseModel):
     strategy: str
     backend: str
     status: str = Field(
-        description="optimal, time_limit (best found, not proven optimal), heuristic"
+        description="optimal, near_optimal (proven within `gap`, at most the config's "
+        "tail_gap: solved without the optimizer-step tail), time_limit (best found, not "
+        "proven optimal), heuristic, baseline_fallback"
     )
     optimal: bool
     objective: float | None = Field(description="seconds per iteration (or per sample for latency)")
