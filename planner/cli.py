@@ -97,6 +97,14 @@ StagesOpt = Annotated[
 SolverOpt = Annotated[
     str, typer.Option("--solver", help="highs (default; CBC is the fallback) or cbc.")
 ]
+TailGapOpt = Annotated[
+    float,
+    typer.Option(
+        "--tail-gap",
+        help="Keep the ILP's split solved without the optimizer-step tail when proven within "
+        "this fraction of the optimum (0: always solve with it).",
+    ),
+]
 
 
 def _plan_config(
@@ -113,6 +121,7 @@ def _plan_config(
     headroom,
     stages,
     solver,
+    tail_gap=0.005,
 ):
     """The PlanConfig the planning options describe (`--microbatches auto` included)."""
     from planner.config import PlanConfig
@@ -134,6 +143,7 @@ def _plan_config(
         memory_headroom=headroom,
         stages=stages,
         solver=solver,
+        tail_gap=tail_gap,
     )
 
 
@@ -236,6 +246,7 @@ def plan(
     headroom: HeadroomOpt = 0.1,
     stages: StagesOpt = None,
     solver: SolverOpt = "highs",
+    tail_gap: TailGapOpt = 0.005,
     layers: LayersOpt = None,
     layer_depth: LayerDepthOpt = None,
     json_out: Annotated[
@@ -259,6 +270,7 @@ def plan(
         headroom=headroom,
         stages=stages,
         solver=solver,
+        tail_gap=tail_gap,
     )
     result = make_plan(
         model,
