@@ -89,9 +89,8 @@ def tail_bound(problem: Problem, p: int) -> float:
     return max(max(steps), sum(steps) / max(p, 1))
 
 
-def lower_bound(problem: Problem, slots: int, tail: bool = True) -> float:
-    """The bound of the module docstring for plans of at most `slots` stages (`tail`:
-    with the optimizer-step tail)."""
+def lower_bound(problem: Problem, slots: int) -> float:
+    """The bound of the module docstring for plans of at most `slots` stages."""
     training = problem.training
     groups = range(len(problem.groups))
     best = [min(layer.compute_s(g, training) for g in groups) for layer in problem.layers]
@@ -115,9 +114,6 @@ def lower_bound(problem: Problem, slots: int, tail: bool = True) -> float:
     if not has_intra:
         intra, intra_b = inter, inter_b
 
-    def tail_of(p: int) -> float:
-        return tail_bound(problem, p) if tail else 0.0
-
     p_values = [problem.config.stages] if problem.config.stages else range(1, max(slots, 1) + 1)
     bound = math.inf
     for p in p_values:
@@ -125,7 +121,7 @@ def lower_bound(problem: Problem, slots: int, tail: bool = True) -> float:
         intra_hops = max(p - 1 - inter_hops, 0)
         links = intra_hops * (intra + intra_b) + inter_hops * (inter + inter_b)
         if latency:
-            bound = min(bound, total + links + tail_of(p))
+            bound = min(bound, total + links + tail_bound(problem, p))
             continue
         if p == 1:
             slowest = total
@@ -138,5 +134,5 @@ def lower_bound(problem: Problem, slots: int, tail: bool = True) -> float:
         link_floor = min(intra if intra_hops else math.inf, inter if inter_hops else math.inf)
         if p > 1 and math.isfinite(link_floor):
             slowest = max(slowest, link_floor)
-        bound = min(bound, total + links + (m - 1) * slowest + tail_of(p))
+        bound = min(bound, total + links + (m - 1) * slowest + tail_bound(problem, p))
     return bound if math.isfinite(bound) else 0.0

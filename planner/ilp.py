@@ -103,16 +103,16 @@ def solve_ilp(
         max(sp.optimizer_s, default=0.0) > 0 for sp in problem.shared
     )
     if not has_tail or cfg.tail_gap <= 0:
-        return _solve_ilp(problem, warm, tail=True)
+        return _solve_ilp(problem, warm)
     from planner.baselines import BASELINES  # baselines import this module's peers
 
     bare = without_optimizer_steps(problem)
     starts = [a for a in (warm, *alternatives, BASELINES["dp"](bare)) if a is not None]
     starts = [a for a in starts if evaluate(bare, a).fits]
     start = min(starts, key=lambda a: evaluate(bare, a).objective, default=warm)
-    first = _solve_ilp(bare, start, tail=False)
+    first = _solve_ilp(bare, start)
     if first.assignment is None or first.solve.bound is None:
-        return first if first.assignment is None else _solve_ilp(problem, warm, tail=True)
+        return first if first.assignment is None else _solve_ilp(problem, warm)
     J = min(cfg.stages or problem.max_stages, problem.max_stages)
     stage_counts = [cfg.stages] if cfg.stages else range(1, J + 1)
     # a solver's dual bound is good to its tolerances: shave it before using it as a cut
@@ -136,7 +136,7 @@ def solve_ilp(
             first.build_seconds,
         )
     remaining = max(1.0, cfg.time_limit_s - first.solve.seconds)
-    full = _solve_ilp(problem, chosen, tail=True, floor=floor, time_limit=remaining)
+    full = _solve_ilp(problem, chosen, floor=floor, time_limit=remaining)
     seconds = first.solve.seconds + full.solve.seconds
     return IlpResult(
         full.assignment,
@@ -163,11 +163,11 @@ def _solve_ilp(
     problem: Problem,
     warm: Assignment | None,
     *,
-    tail: bool,
     floor: float = 0.0,
     time_limit: float | None = None,
 ) -> IlpResult:
-    """The MILP; `tail`: with the optimizer-step tail; `floor`: a known lower bound."""
+    """The MILP (with the step tail when `problem` has optimizer steps); `floor`: a known
+    lower bound on its optimum, added as a cut."""
     start = time.perf_counter()
     cfg = problem.config
     training = problem.training
@@ -345,7 +345,7 @@ def _solve_ilp(
     # iteration after the pipeline drains; the iteration waits for the slowest one.
     step = [list(layer.optimizer_s) or [0.0] * G for layer in problem.layers]
     shared_step = [list(sp.optimizer_s) or [0.0] * G for sp in problem.shared]
-    if tail and any(v > 0 for row in step + shared_step for v in row):
+    if any(v > 0 for row in step + shared_step for v in row):
         for g in range(G):
             big = (sum(row[g] for row in step) + sum(row[g] for row in shared_step)) * tscale
             for j in range(J):
@@ -388,7 +388,7 @@ def _solve_ilp(
     else:
         objective = pulp.lpSum(T.values()) + links_total + held + (m - 1) * P + Z
     lp += objective
-    bound = max(lower_bound(problem, J, tail=tail), floor)
+    bound = max(lower_bound(problem, J), floor)
     lp += objective >= bound * tscale * (1 - 1e-9), "analytic_bound"
 
     if warm is not None and warm.num_stages <= J and evaluate(problem, warm).fits:
@@ -396,7 +396,7 @@ def _solve_ilp(
         _warm_holds(problem, warm, J, Hf, Hb, tscale)
         # every variable needs a value, or the solver drops the warm start
         tail_value = max((st.optimizer_s for st in evaluate(problem, warm).stages), default=0.0)
-        Z.setInitialValue(tail_value * tscale if tail else 0.0)
+        Z.setInitialValue(tail_value * tscale)
     build_seconds = time.perf_counter() - start
     limit = cfg.time_limit_s if time_limit is None else time_limit
     result = solve(lp, backend=cfg.solver, time_limit=limit)

@@ -261,8 +261,8 @@ def test_time_limit_returns_best_plan_with_gap():
     p = plan(
         sample("gpt_xl"), cluster("h100x64"), PlanConfig(time_limit_s=1), ShapeBindings(batch=1)
     )
-    assert p.solver.status in ("time_limit", "optimal")
-    if p.solver.status == "time_limit":
+    assert p.solver.status in ("time_limit", "optimal", "near_optimal")
+    if p.solver.status != "optimal":
         assert not p.solver.optimal and p.solver.gap is not None and p.solver.gap >= 0
     assert all(
         r.iteration_ms >= p.predicted.analytic_iteration_ms * (1 - 1e-9)
