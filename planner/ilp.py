@@ -97,7 +97,9 @@ def solve_ilp(
     bounds the true optimum. If the first split, tail included, is within
     `config.tail_gap` of that bound, it is kept (status `near_optimal`, the gap reported);
     otherwise the full MILP runs, warm-started from it, with that bound as a cut. The first
-    solve starts from whichever of `warm` and `alternatives` is best without the tail."""
+    solve starts from whichever of `warm` and `alternatives` is best without the tail. When
+    `warm`'s tail exceeds the least possible tail by more than `tail_gap` of its objective,
+    the full MILP runs at once (the first solve would rarely prove enough)."""
     cfg = problem.config
     has_tail = any(max(row.optimizer_s, default=0.0) > 0 for row in problem.layers) or any(
         max(sp.optimizer_s, default=0.0) > 0 for sp in problem.shared
@@ -107,18 +109,24 @@ def solve_ilp(
     from planner.baselines import BASELINES  # baselines import this module's peers
 
     bare = without_optimizer_steps(problem)
+    J = min(cfg.stages or problem.max_stages, problem.max_stages)
+    stage_counts = [cfg.stages] if cfg.stages else range(1, J + 1)
+    least_tail = min(tail_bound(problem, p) for p in stage_counts)
+    if warm is not None and evaluate(problem, warm).fits:
+        # when the start's tail exceeds the least possible by more than the tolerance, the
+        # first solve would rarely prove its split close enough: solve with the tail at once
+        with_tail = evaluate(problem, warm).objective
+        excess = with_tail - evaluate(bare, warm).objective - least_tail
+        if excess > cfg.tail_gap * with_tail:
+            return _solve_ilp(problem, warm)
     starts = [a for a in (warm, *alternatives, BASELINES["dp"](bare)) if a is not None]
     starts = [a for a in starts if evaluate(bare, a).fits]
     start = min(starts, key=lambda a: evaluate(bare, a).objective, default=warm)
     first = _solve_ilp(bare, start)
     if first.assignment is None or first.solve.bound is None:
         return first if first.assignment is None else _solve_ilp(problem, warm)
-    J = min(cfg.stages or problem.max_stages, problem.max_stages)
-    stage_counts = [cfg.stages] if cfg.stages else range(1, J + 1)
     # a solver's dual bound is good to its tolerances: shave it before using it as a cut
-    floor = max(first.solve.bound * (1 - 1e-6), first.lower_bound) + min(
-        tail_bound(problem, p) for p in stage_counts
-    )
+    floor = max(first.solve.bound * (1 - 1e-6), first.lower_bound) + least_tail
     # the tail-free optimum, or a start that is better once its tail counts
     chosen = min(
         [first.assignment, *(a for a in starts if evaluate(problem, a).fits)],
