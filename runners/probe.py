@@ -71,13 +71,26 @@ def run_probe(
     workdir: str | Path | None = None,
 ) -> dict:
     """Plan, export and run `model` on `stages` local processes of the profiled device;
-    return the plan's per-stage prediction and the measured action medians (seconds)."""
+    return the plan's per-stage prediction and the measured mean actions (seconds). The
+    files (profile, cluster, bundle, trace) go to `workdir`, or to a temporary folder
+    removed afterwards."""
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="pipeplan-probe-") as tmp:
+            return run_probe(
+                profile,
+                model,
+                bindings,
+                stages=stages,
+                microbatches=microbatches,
+                steps=steps,
+                workdir=tmp,
+            )
     from exporters.bundle import export
     from planner.api import plan
     from planner.config import PlanConfig
     from runners.launch import run
 
-    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="pipeplan-probe-"))
+    work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     profile_path = work / "profile.yaml"
     save_profile(profile, profile_path)
