@@ -49,7 +49,7 @@ import pulp
 
 from cost.memory import in_flight_from_end
 from planner.bounds import lower_bound, tail_bound
-from planner.objective import Assignment, crossing_tensors, evaluate
+from planner.objective import Assignment, Evaluation, crossing_tensors, evaluate
 from planner.problem import Problem
 from planner.solvers import SolveResult, solve
 
@@ -109,19 +109,27 @@ def solve_ilp(
     from planner.baselines import BASELINES  # baselines import this module's peers
 
     bare = without_optimizer_steps(problem)
+    priced: dict[tuple[bool, Assignment], Evaluation] = {}
+
+    def price(a: Assignment, tail: bool = True) -> Evaluation:
+        """evaluate(), once per assignment and pricing (with or without the tail)."""
+        if (tail, a) not in priced:
+            priced[tail, a] = evaluate(problem if tail else bare, a)
+        return priced[tail, a]
+
     J = min(cfg.stages or problem.max_stages, problem.max_stages)
     stage_counts = [cfg.stages] if cfg.stages else range(1, J + 1)
     least_tail = min(tail_bound(problem, p) for p in stage_counts)
-    if warm is not None and evaluate(problem, warm).fits:
+    if warm is not None and price(warm).fits:
         # when the start's tail exceeds the least possible by more than the tolerance, the
         # first solve would rarely prove its split close enough: solve with the tail at once
-        with_tail = evaluate(problem, warm).objective
-        excess = with_tail - evaluate(bare, warm).objective - least_tail
+        with_tail = price(warm).objective
+        excess = with_tail - price(warm, tail=False).objective - least_tail
         if excess > cfg.tail_gap * with_tail:
             return _solve_ilp(problem, warm)
     starts = [a for a in (warm, *alternatives, BASELINES["dp"](bare)) if a is not None]
-    starts = [a for a in starts if evaluate(bare, a).fits]
-    start = min(starts, key=lambda a: evaluate(bare, a).objective, default=warm)
+    starts = [a for a in starts if price(a, tail=False).fits]
+    start = min(starts, key=lambda a: price(a, tail=False).objective, default=warm)
     first = _solve_ilp(bare, start)
     if first.assignment is None or first.solve.bound is None:
         return first if first.assignment is None else _solve_ilp(problem, warm)
@@ -129,10 +137,10 @@ def solve_ilp(
     floor = max(first.solve.bound * (1 - 1e-6), first.lower_bound) + least_tail
     # the tail-free optimum, or a start that is better once its tail counts
     chosen = min(
-        [first.assignment, *(a for a in starts if evaluate(problem, a).fits)],
-        key=lambda a: evaluate(problem, a).objective,
+        [first.assignment, *(a for a in starts if price(a).fits)],
+        key=lambda a: price(a).objective,
     )
-    value = evaluate(problem, chosen).objective
+    value = price(chosen).objective
     if value - floor <= cfg.tail_gap * value:
         status = "optimal" if value - floor <= 1e-9 * value else "near_optimal"
         return IlpResult(
@@ -399,12 +407,12 @@ def _solve_ilp(
     bound = max(lower_bound(problem, J), floor)
     lp += objective >= bound * tscale * (1 - 1e-9), "analytic_bound"
 
-    if warm is not None and warm.num_stages <= J and evaluate(problem, warm).fits:
-        _set_warm_start(problem, warm, J, x, w, u, T, K, Kb, P, c, h, tscale)
+    warm_ev = evaluate(problem, warm) if warm is not None and warm.num_stages <= J else None
+    if warm_ev is not None and warm_ev.fits:
+        _set_warm_start(problem, warm, warm_ev, J, x, w, u, T, K, Kb, P, c, h, tscale)
         _warm_holds(problem, warm, J, Hf, Hb, tscale)
         # every variable needs a value, or the solver drops the warm start
-        tail_value = max((st.optimizer_s for st in evaluate(problem, warm).stages), default=0.0)
-        Z.setInitialValue(tail_value * tscale)
+        Z.setInitialValue(max((st.optimizer_s for st in warm_ev.stages), default=0.0) * tscale)
     build_seconds = time.perf_counter() - start
     limit = cfg.time_limit_s if time_limit is None else time_limit
     result = solve(lp, backend=cfg.solver, time_limit=limit)
@@ -423,9 +431,10 @@ def _solve_ilp(
     )
 
 
-def _set_warm_start(problem, a: Assignment, J, x, w, u, T, K, Kb, P, c, h, tscale: float) -> None:
+def _set_warm_start(
+    problem, a: Assignment, ev: Evaluation, J, x, w, u, T, K, Kb, P, c, h, tscale: float
+) -> None:
     p = a.num_stages
-    ev = evaluate(problem, a)
     slot = [p - 1 - s for s in a.stage_of_layer]
     group_of_stage = [problem.group_of_device[d] for d in a.devices]
     for (layer, j), var in x.items():
