@@ -15,16 +15,13 @@ from typing import Annotated
 
 import typer
 
-from planner.cli_module import module_of
+from planner.cli_module import module_of, registered
 
 
 def register(app: typer.Typer) -> None:
     """Add the `calibrate` command to `app` (the `pipeplan` Typer app)."""
-    if any(
-        c.name == "calibrate" or getattr(c.callback, "__name__", "") == "calibrate"
-        for c in app.registered_commands
-    ):
-        return  # registered already
+    if registered(app, "calibrate"):
+        return
     cli = module_of(app)
     guarded, DimOpt, BatchOpt, InputShapeOpt = (
         cli.guarded,

@@ -1,4 +1,5 @@
-"""Find the module that defines the CLI's `app`, for command modules registered onto it."""
+"""For command modules registered onto the CLI's `app`: the module that defines it, and
+whether a command is on it already."""
 
 from __future__ import annotations
 
@@ -16,3 +17,11 @@ def module_of(app: typer.Typer):
     from planner import cli
 
     return cli
+
+
+def registered(app: typer.Typer, name: str) -> bool:
+    """Whether `app` has a command called `name` (by name or callback)."""
+    return any(
+        c.name == name or getattr(c.callback, "__name__", "") == name
+        for c in app.registered_commands
+    )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from planner.cli_module import module_of
+from planner.cli_module import module_of, registered
 
 if TYPE_CHECKING:
     from planner.whatif import WhatIfReport
@@ -26,11 +26,8 @@ if TYPE_CHECKING:
 
 def register(app: typer.Typer) -> None:
     """Add the `whatif` command to `app` (the `pipeplan` Typer app)."""
-    if any(
-        c.name == "whatif" or getattr(c.callback, "__name__", "") == "whatif"
-        for c in app.registered_commands
-    ):
-        return  # registered already
+    if registered(app, "whatif"):
+        return
     cli = module_of(app)
 
     guarded, DimOpt, BatchOpt = cli.guarded, cli.DimOpt, cli.BatchOpt
