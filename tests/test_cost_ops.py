@@ -8,20 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cost.opcost import OpCost, OpNode
-from cost.ops import (
-    GELU_TANH,
-    KNOWN_OPS,
-    NORM_BWD,
-    NORM_FWD,
-    NORM_WGRAD,
-    OP_COSTS,
-    POINTWISE,
-    einsum_flops,
-    matmul_dims,
-    op_cost,
-    parse_einsum,
-    window_output_shape,
-)
+from cost.ops import KNOWN_OPS, OP_COSTS, op_cost
+from cost.ops.matmul import einsum_flops, matmul_dims, parse_einsum
+from cost.ops.norm import NORM_BWD, NORM_FWD, NORM_WGRAD
+from cost.ops.pointwise import GELU_TANH, POINTWISE
+from cost.ops.spatial import window_output_shape
 from cost.tensor import TensorInfo
 
 FLOAT = onnx.TensorProto.FLOAT
