@@ -148,7 +148,8 @@ def stage_alone(bundle: Path) -> dict[int, dict[str, float]]:
     import torch
 
     from exporters.manifest import Manifest
-    from runners.calibrate import OpTimer, Sizes, Timer
+    from runners.calibrate.operators import OpTimer
+    from runners.calibrate.timing import Sizes, Timer
     from runners.data import DataSource
     from runners.onnx_to_torch import convert
 

@@ -110,7 +110,7 @@ def test_quick_profile_is_valid(profile_path: Path) -> None:
 
 
 def test_fit_line_relative_recovers_a_line() -> None:
-    from runners.calibrate import fit_line_relative
+    from runners.calibrate.fits import fit_line_relative
 
     x = np.array([1e5, 1e6, 1e7, 1e8, 1e9])
     t = 3e-6 + x / 9e10
@@ -317,7 +317,7 @@ def test_quick_profile_fits_the_optimizer_and_send_blocking(profile_path: Path) 
 
 
 def test_fit_optimizer_recovers_known_coefficients() -> None:
-    from runners.calibrate import fit_optimizer
+    from runners.calibrate.fits import fit_optimizer
 
     points = [
         {"optimizer": "adam", "tensors": t, "numel": n, "seconds": t * 20e-6 + t * n * 1.5e-9}
