@@ -160,9 +160,9 @@ class ModelOps:
         )
 
     def apply_probe(self, req: ModelRequest, mg, profile: Profile, stages: int) -> bool:
-        """Run `req` as a pipeline (`runners.probe`) and scale the operators this calibration
+        """Run `req` as a pipeline (`runners.calibrate.probe`) and scale the operators this calibration
         owns for it by the measured forward and backward factors."""
-        from runners.probe import context_factors, replay_record, run_probe
+        from runners.calibrate.probe import context_factors, replay_record, run_probe
 
         key = _model_key(req)
         report = self.reports.setdefault(key, {})

@@ -97,7 +97,7 @@ def calibrate(
     device, link and operators (measure only the operators it lacks). `peak_tflops`: the
     vendor fp32 peak, to split the fitted rate into peak and efficiency (see the module
     docstring). `pipeline`: with 2 or more, run each model as a pipeline of that many
-    local processes (`runners.probe`) and scale its operators to the times measured there.
+    local processes (`runners.calibrate.probe`) and scale its operators to the times measured there.
     `progress(what, done, total)` is called before each measurement.
     """
     if device not in ("cpu", "cuda"):
@@ -200,7 +200,7 @@ def calibrate(
             ran.append(req)
     if ran and link_fig is not None:
         # every probe the profile holds (an --extend keeps the earlier models' ones)
-        from runners.probe import fit_pipeline_latency, fit_send_blocking
+        from runners.calibrate.probe import fit_pipeline_latency, fit_send_blocking
 
         records = [
             r["pipeline"]["replay"]
