@@ -29,6 +29,7 @@ from cost.profile import OpTiming, Profile
 from planner.shapes import ShapeBindings
 from runners.calibrate.load import BackgroundLoad
 from runners.calibrate.operators import OpTimer, time_whole_model
+from runners.calibrate.probe import context_factors, replay_record, run_probe
 
 
 @dataclass(frozen=True)
@@ -160,10 +161,8 @@ class ModelOps:
         )
 
     def apply_probe(self, req: ModelRequest, mg, profile: Profile, stages: int) -> bool:
-        """Run `req` as a pipeline (`runners.calibrate.probe`) and scale the operators this calibration
-        owns for it by the measured forward and backward factors."""
-        from runners.calibrate.probe import context_factors, replay_record, run_probe
-
+        """Run `req` as a pipeline (`runners.calibrate.probe`) and scale the operators this
+        calibration owns for it by the measured forward and backward factors."""
         key = _model_key(req)
         report = self.reports.setdefault(key, {})
         try:

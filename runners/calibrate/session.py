@@ -21,17 +21,19 @@ import datetime
 import os
 import platform
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from cost.profile import Profile
+from cost.profile import Profile, ProfileDevice, ProfileLink
 from planner.errors import PipeplanError
 from runners.calibrate.fits import fit_device, fit_link, fit_optimizer
 from runners.calibrate.link import measure_link
 from runners.calibrate.microbench import microbenchmark_steps
 from runners.calibrate.model_ops import ModelOps, ModelRequest
 from runners.calibrate.operators import OpTimer
+from runners.calibrate.probe import fit_pipeline_latency, fit_send_blocking
 from runners.calibrate.timing import Sizes, Timer
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -95,11 +97,79 @@ def calibrate(
 
     `models`: also time every distinct operator of these. `extend`: keep that profile's
     device, link and operators (measure only the operators it lacks). `peak_tflops`: the
-    vendor fp32 peak, to split the fitted rate into peak and efficiency (see the module
-    docstring). `pipeline`: with 2 or more, run each model as a pipeline of that many
-    local processes (`runners.calibrate.probe`) and scale its operators to the times measured there.
-    `progress(what, done, total)` is called before each measurement.
+    vendor fp32 peak, to split the fitted rate into peak and efficiency
+    (`runners.calibrate.fits`). `pipeline`: with 2 or more, run each model as a pipeline of
+    that many local processes (`runners.calibrate.probe`) and scale its operators to the
+    times measured there. `progress(what, done, total)` is called before each measurement.
     """
+    _check_arguments(device, threads, peak_tflops, concurrency, pipeline)
+    cal = _start(device, models, quick, threads, context, concurrency, extend, note)
+    steps: list[Step] = []
+    if extend is None:
+        steps += microbenchmark_steps(cal.timer, cal.results)
+        if link:
+            steps.append(_link_step(cal))
+    if models:
+        steps += cal.model_ops.plan_steps(models)
+    probes = list(cal.model_ops.runs) if pipeline >= 2 else []
+    total = len(steps) + len(probes)
+    _run_steps(steps, cal.model_ops, progress, total)
+    _fit(cal, peak_tflops, timed_models=bool(models))
+    _probe(cal, probes, pipeline, progress, len(steps), total)
+    if progress is not None:
+        progress("done", total, total)
+    return cal.profile()
+
+
+Step = tuple[str, Callable[[], None]]  # (what, measure)
+
+
+@dataclass
+class _Calibration:
+    """One calibration under way: the settings every measurement uses, the points the steps
+    measure, and the parts of the profile once fitted (`_fit`)."""
+
+    dev: torch.device
+    timer: Timer
+    threads: int
+    extend: Profile | None
+    model_ops: ModelOps
+    machine: dict
+    note: str
+    results: dict = field(default_factory=dict)  # microbenchmark and link points
+    device: ProfileDevice | None = None
+    link: ProfileLink | None = None
+    fit: dict = field(default_factory=dict)
+    optimizer: dict = field(default_factory=dict)
+    measurements: dict = field(default_factory=dict)
+    overhead: dict = field(default_factory=dict)
+
+    def profile(self) -> Profile:
+        """The profile of what is fitted so far (the operators as they stand)."""
+        return Profile(
+            device=self.device,
+            link=self.link,
+            ops=self.model_ops.ops,
+            optimizer=self.optimizer,
+            models=self.model_ops.reports,
+            overhead=self.overhead,
+            fit=self.fit,
+            measurements=self.measurements,
+            machine=self.machine,
+            threads=self.threads,
+            torch_version=torch.__version__,
+            created=datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
+            note=self.note,
+        )
+
+
+def _check_arguments(
+    device: str,
+    threads: int | None,
+    peak_tflops: float | None,
+    concurrency: int,
+    pipeline: int,
+) -> None:
     if device not in ("cpu", "cuda"):
         raise PipeplanError(f"--device must be cpu or cuda (got {device!r})")
     if device == "cuda" and not torch.cuda.is_available():
@@ -112,39 +182,54 @@ def calibrate(
         raise PipeplanError(f"--threads must be at least 1 (got {threads})")
     if peak_tflops is not None and not peak_tflops > 0:
         raise PipeplanError(f"--peak-tflops must be positive (got {peak_tflops})")
+
+
+def _start(
+    device: str,
+    models: Sequence[ModelRequest],
+    quick: bool,
+    threads: int | None,
+    context: bool,
+    concurrency: int,
+    extend: Profile | None,
+    note: str,
+) -> _Calibration:
+    """Set the threads and pick the device and sizes; every model file must exist."""
     if extend is not None:
         threads = threads or extend.threads
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     dev = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
-    sizes = Sizes.quick() if quick else Sizes.full()
-    timer = Timer(dev, sizes)
+    timer = Timer(dev, Sizes.quick() if quick else Sizes.full())
     for req in models:
         if not Path(req.path).exists():
             raise PipeplanError(f"model file not found: {req.path}")
+    return _Calibration(
+        dev=dev,
+        timer=timer,
+        threads=threads,
+        extend=extend,
+        model_ops=ModelOps(OpTimer(timer), extend, context, concurrency, threads),
+        machine=extend.machine if extend is not None else _machine(dev),
+        note=note or (extend.note if extend is not None else ""),
+    )
 
-    steps: list[tuple[str, Callable[[], None]]] = []
-    raw: dict = dict(extend.measurements) if extend is not None else {}
-    results: dict = {}
 
-    if extend is None:
-        steps += microbenchmark_steps(timer, results)
-        if link:
-            backend = "nccl" if dev.type == "cuda" and torch.cuda.device_count() >= 2 else "gloo"
+def _link_step(cal: _Calibration) -> Step:
+    """The link ping-pong: gloo, or NCCL on 2+ GPUs."""
+    backend = "nccl" if cal.dev.type == "cuda" and torch.cuda.device_count() >= 2 else "gloo"
 
-            def run_link(backend=backend):
-                results["link_backend"] = backend
-                results["pingpong"] = measure_link(sizes, threads, backend)
+    def run_link() -> None:
+        cal.results["link_backend"] = backend
+        cal.results["pingpong"] = measure_link(cal.timer.sizes, cal.threads, backend)
 
-            steps.append((f"link ping-pong ({'gloo' if backend == 'gloo' else backend})", run_link))
+    return (f"link ping-pong ({backend})", run_link)
 
-    op_timer = OpTimer(timer)
-    model_ops = ModelOps(op_timer, extend, context, concurrency, threads)
-    if models:
-        steps += model_ops.plan_steps(models)
 
-    probes = list(model_ops.runs) if pipeline >= 2 else []
-    total = len(steps) + len(probes)
+def _run_steps(
+    steps: list[Step], model_ops: ModelOps, progress: Progress | None, total: int
+) -> None:
+    """Run the measurements in order; the background loads stop whatever happens."""
     try:
         for i, (what, fn) in enumerate(steps):
             if progress is not None:
@@ -154,78 +239,77 @@ def calibrate(
         for load in model_ops.loads:
             load.stop()
 
+
+def _fit(cal: _Calibration, peak_tflops: float | None, timed_models: bool) -> None:
+    """The device, link and optimizer figures (the extended profile's, or fitted to this
+    calibration's points), the operators' context correction and the call overheads."""
+    extend = cal.extend
     if extend is not None:
-        device_fig, link_fig, fit = extend.device, extend.link, dict(extend.fit)
-        optimizer = dict(extend.optimizer)
+        cal.device, cal.link, cal.fit = extend.device, extend.link, dict(extend.fit)
+        cal.optimizer = dict(extend.optimizer)
+        cal.measurements = dict(extend.measurements)
     else:
-        machine = _machine(dev)
-        name = _device_name(dev, threads, machine)
-        device_fig, fit = fit_device(results, peak_tflops, name, _memory_gb(dev))
-        link_fig = None
+        results = cal.results
+        name = _device_name(cal.dev, cal.threads, cal.machine)
+        cal.device, cal.fit = fit_device(results, peak_tflops, name, _memory_gb(cal.dev))
         if "pingpong" in results:
-            link_fig, fit["link"] = fit_link(
+            cal.link, cal.fit["link"] = fit_link(
                 results["pingpong"], results.get("link_backend", "gloo")
             )
-        optimizer, fit["optimizer"] = fit_optimizer(results["optimizer"])
-        raw = dict(results)
-    model_ops.finish()
-    overhead = dict(extend.overhead) if extend is not None else {}
-    if models:
-        overhead = {k: float(v) for k, v in op_timer.overhead.items()}
-    if model_ops.failures:
-        fit["op_failures"] = model_ops.failures
+        cal.optimizer, cal.fit["optimizer"] = fit_optimizer(results["optimizer"])
+        cal.measurements = dict(results)
+    cal.model_ops.finish()
+    cal.overhead = dict(extend.overhead) if extend is not None else {}
+    if timed_models:
+        cal.overhead = {k: float(v) for k, v in cal.model_ops.op_timer.overhead.items()}
+    if cal.model_ops.failures:
+        cal.fit["op_failures"] = cal.model_ops.failures
 
-    def profile() -> Profile:
-        return Profile(
-            device=device_fig,
-            link=link_fig,
-            ops=model_ops.ops,
-            optimizer=optimizer,
-            models=model_ops.reports,
-            overhead=overhead,
-            fit=fit,
-            measurements=raw,
-            machine=extend.machine if extend is not None else _machine(dev),
-            threads=threads,
-            torch_version=torch.__version__,
-            created=datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
-            note=note or (extend.note if extend is not None else ""),
-        )
 
+def _probe(
+    cal: _Calibration,
+    probes: list[tuple[ModelRequest, object, dict]],
+    stages: int,
+    progress: Progress | None,
+    done: int,
+    total: int,
+) -> None:
+    """Run each of `probes` (`ModelOps.runs`) as a pipeline of `stages` processes and scale
+    its operators; if any ran, refit the link to the probes."""
     ran = []
     for i, (req, mg, _) in enumerate(probes):
         if progress is not None:
-            progress(f"pipeline probe of {Path(req.path).name}", len(steps) + i, total)
-        if model_ops.apply_probe(req, mg, profile(), pipeline):
+            progress(f"pipeline probe of {Path(req.path).name}", done + i, total)
+        if cal.model_ops.apply_probe(req, mg, cal.profile(), stages):
             ran.append(req)
-    if ran and link_fig is not None:
-        # every probe the profile holds (an --extend keeps the earlier models' ones)
-        from runners.calibrate.probe import fit_pipeline_latency, fit_send_blocking
+    if ran and cal.link is not None:
+        _refit_link(cal)
 
-        records = [
-            r["pipeline"]["replay"]
-            for r in model_ops.reports.values()
-            if isinstance(r.get("pipeline"), dict) and "replay" in r["pipeline"]
-        ]
-        link_fit = dict(fit.get("link", {}))
-        quiet = link_fig.model_copy(
-            update={"latency_us": link_fit.get("ping_pong_latency_us", link_fig.latency_us)}
+
+def _refit_link(cal: _Calibration) -> None:
+    """The link's send blocking and latency fitted to every probe the profile holds (an
+    --extend keeps the earlier models' ones); the ping-pong's latency is kept in the fit."""
+    records = [
+        r["pipeline"]["replay"]
+        for r in cal.model_ops.reports.values()
+        if isinstance(r.get("pipeline"), dict) and "replay" in r["pipeline"]
+    ]
+    link_fit = dict(cal.fit.get("link", {}))
+    quiet = cal.link.model_copy(
+        update={"latency_us": link_fit.get("ping_pong_latency_us", cal.link.latency_us)}
+    )
+    sends = fit_send_blocking(records)
+    if sends is not None:  # the runner's own sends, stalls included, beat the ping-pong's
+        alpha, beta, link_fit["send_blocking_pipeline"] = sends
+        quiet = quiet.model_copy(
+            update={
+                "send_blocking_us": alpha * 1e6,
+                "send_blocking_GBps": beta / 1e9 if beta else None,
+            }
         )
-        sends = fit_send_blocking(records)
-        if sends is not None:  # the runner's own sends, stalls included, beat the ping-pong's
-            alpha, beta, link_fit["send_blocking_pipeline"] = sends
-            quiet = quiet.model_copy(
-                update={
-                    "send_blocking_us": alpha * 1e6,
-                    "send_blocking_GBps": beta / 1e9 if beta else None,
-                }
-            )
-        latency_s, report = fit_pipeline_latency(records, quiet)
-        link_fig = quiet.model_copy(update={"latency_us": latency_s * 1e6})
-        fit["link"] = link_fit | {"ping_pong_latency_us": quiet.latency_us, "pipeline": report}
-    if progress is not None:
-        progress("done", total, total)
-    return profile()
+    latency_s, report = fit_pipeline_latency(records, quiet)
+    cal.link = quiet.model_copy(update={"latency_us": latency_s * 1e6})
+    cal.fit["link"] = link_fit | {"ping_pong_latency_us": quiet.latency_us, "pipeline": report}
 
 
 def profile_summary(profile: Profile) -> list[tuple[str, str]]:
