@@ -6,7 +6,7 @@ On this machine, with OMP_NUM_THREADS=1 for every process:
    inception; the first call measures the device and the link, the others `--extend` the
    profile with their operators), with `--pipeline 2` (default): each model also runs as
    a 2-stage `params` split under the runner, which scales its operators to the stage
-   times measured there and fits the link's latency under load (`runners.probe`). The
+   times measured there and fits the link's latency under load (`runners.calibrate.probe`). The
    plans measured below are `ilp` splits: where they equal the probe's `params` split,
    the stage times are in-sample; the iteration time never is fitted per model;
 2. a 2-device cluster made of the profile (`devices: [{profile: P, count: 2}]`, `link:
@@ -148,7 +148,8 @@ def stage_alone(bundle: Path) -> dict[int, dict[str, float]]:
     import torch
 
     from exporters.manifest import Manifest
-    from runners.calibrate import OpTimer, Sizes, Timer
+    from runners.calibrate.operators import OpTimer
+    from runners.calibrate.timing import Sizes, Timer
     from runners.data import DataSource
     from runners.onnx_to_torch import convert
 
@@ -179,7 +180,7 @@ def run_once(bundle: Path, steps: int, out: Path, tag: str) -> dict:
         "run", str(bundle), "--steps", str(steps), "--report", str(report), "--trace", str(trace)
     )
     rep = json.loads(report.read_text())
-    from runners.probe import action_means
+    from runners.calibrate.probe import action_means
 
     per_stage = {
         s: {

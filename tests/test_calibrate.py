@@ -110,7 +110,7 @@ def test_quick_profile_is_valid(profile_path: Path) -> None:
 
 
 def test_fit_line_relative_recovers_a_line() -> None:
-    from runners.calibrate import fit_line_relative
+    from runners.calibrate.fits import fit_line_relative
 
     x = np.array([1e5, 1e6, 1e7, 1e8, 1e9])
     t = 3e-6 + x / 9e10
@@ -317,7 +317,7 @@ def test_quick_profile_fits_the_optimizer_and_send_blocking(profile_path: Path) 
 
 
 def test_fit_optimizer_recovers_known_coefficients() -> None:
-    from runners.calibrate import fit_optimizer
+    from runners.calibrate.fits import fit_optimizer
 
     points = [
         {"optimizer": "adam", "tensors": t, "numel": n, "seconds": t * 20e-6 + t * n * 1.5e-9}
@@ -351,7 +351,7 @@ def test_plan_prices_the_measured_optimizer_step(profile_path: Path, tmp_path: P
 
 
 def test_context_factors_solve_for_the_owned_part() -> None:
-    from runners.probe import FACTOR_RANGE, context_factors
+    from runners.calibrate.probe import FACTOR_RANGE, context_factors
 
     stages = [
         {
@@ -384,7 +384,7 @@ def test_latency_fit_recovers_the_latency_that_made_the_iterations() -> None:
     from planner.api import plan
     from planner.config import PlanConfig
     from planner.shapes import ShapeBindings
-    from runners.probe import fit_pipeline_latency, replay_iteration, replay_record
+    from runners.calibrate.probe import fit_pipeline_latency, replay_iteration, replay_record
 
     p = plan(
         MLP,
@@ -459,7 +459,7 @@ def test_calibrate_with_a_pipeline_probe(tmp_path: Path) -> None:
 
 
 def test_send_blocking_fit_on_probe_sends() -> None:
-    from runners.probe import fit_send_blocking
+    from runners.calibrate.probe import fit_send_blocking
 
     def t(n, k):
         return k * 50e-6 + n / 2e9

@@ -1,11 +1,11 @@
 """Pipeline probe: run a model as a real pipeline and measure how its stages run there.
 
-An operator timed alone, even corrected for its model's context (`runners.calibrate`),
-runs faster than the same operator inside a pipeline rank: there the rank computes while
-its peer computes, its receives wake it up from idle (cold caches, a descheduled virtual
-CPU), and the communication library's threads share its cores. On a small host that
-costs 1.0-1.8x (measured on the 2-core VM this was written on, largest for models of
-sub-millisecond operators). Only a run shows it, so the probe makes one:
+An operator timed alone, even corrected for its model's context
+(`runners.calibrate.model_ops`), runs faster than the same operator inside a pipeline rank:
+there the rank computes while its peer computes, its receives wake it up from idle (cold
+caches, a descheduled virtual CPU), and the communication library's threads share its
+cores (how much, measured: docs/calibration.md). Only a run shows it, so the probe makes
+one:
 
 1. a cluster of `stages` copies of the profile's device joined by its measured link;
 2. `planner.api.plan` with the `params` strategy (a split that does not depend on the
@@ -18,7 +18,10 @@ sub-millisecond operators). Only a run shows it, so the probe makes one:
 `context_factors` turns that into one factor for forward and one for backward: the
 factor by which the operators the calibration owns must be scaled so that the predicted
 stage times add up to the measured ones (operators priced otherwise, by an earlier
-calibration or the roofline, are left as they are).
+calibration or the roofline, are left as they are). `fit_pipeline_latency` then fits the
+link's latency so that the simulator, fed every probe's measured stage times, reproduces
+the probes' measured iterations (`replay_record`, `replay_iteration`); `fit_send_blocking`
+fits `send_blocking = tensors * alpha + bytes / beta` to the probes' SEND actions.
 """
 
 from __future__ import annotations
