@@ -61,11 +61,6 @@ def div(a, b):
     return a / b
 
 
-def mod(a, b, fmod: int = 0):
-    """ONNX Mod: sign of the divisor (fmod=0, integers) or of the dividend (fmod=1)."""
-    return torch.fmod(a, b) if fmod else torch.remainder(a, b)
-
-
 def pow_(a, b):
     """ONNX Pow: the result has the base's type."""
     out = torch.pow(a, b)
@@ -114,19 +109,6 @@ def hardmax(x, axis: int, legacy: bool = False):
     idx = torch.argmax(x, dim=axis, keepdim=True)
     out = torch.zeros_like(x).scatter(axis, idx, 1.0)
     return out.reshape(shape)
-
-
-def gemm(a, b, c=None, alpha: float = 1.0, beta: float = 1.0, trans_a: int = 0, trans_b: int = 0):
-    if trans_a:
-        a = a.t()
-    if trans_b:
-        b = b.t()
-    y = torch.matmul(a, b)
-    if alpha != 1.0:
-        y = y * alpha
-    if c is not None:
-        y = y + (c * beta if beta != 1.0 else c)
-    return y
 
 
 # ----------------------------------------------------------------------------- normalization
@@ -309,9 +291,6 @@ def _ceil_crop(y, in_sizes, pads, kernel, strides, dilations):
     return y[tuple(index)]
 
 
-_AVGPOOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-
-
 def max_pool(x, kernel, strides, pads, dilations, ceil_mode: int = 0, auto_pad_mode="NOTSET"):
     """MaxPool with asymmetric / automatic padding (pads with -inf, then pools)."""
     kernel = ints(kernel)
@@ -422,12 +401,6 @@ def _reduce(x, kind: str, axes: list[int], k: bool):
     raise ValueError(kind)
 
 
-def reduce_prod(x, axes: Sequence[int], keepdims: bool):
-    for a in sorted(axes, reverse=True):
-        x = torch.prod(x, dim=a, keepdim=keepdims)
-    return x
-
-
 def arg_extreme(x, axis: int, keepdims: int, select_last_index: int, largest: bool):
     fn = torch.argmax if largest else torch.argmin
     if not select_last_index:
@@ -507,10 +480,6 @@ def expand(x, shape):
 
 def tile(x, repeats):
     return torch.tile(x, tuple(ints(repeats)))
-
-
-def concat(tensors, axis: int):
-    return torch.cat(list(tensors), dim=axis)
 
 
 def split(x, axis: int, sizes=None, n: int = 1):
@@ -624,10 +593,6 @@ def range_(start, limit, delta):
     dtype = ref.dtype if ref is not None else None
     device = ref.device if ref is not None else None
     return torch.arange(scalar(start), scalar(limit), scalar(delta), dtype=dtype, device=device)
-
-
-def where(cond, x, y):
-    return torch.where(cond, x, y)
 
 
 def non_zero(x):
@@ -804,25 +769,3 @@ def dropout(x, ratio=0.5, training_mode=False, n_out: int = 1):
         return y
     mask = (y != 0) if train else torch.ones_like(x, dtype=torch.bool)
     return (y, mask)
-
-
-def cast_like(x, like):
-    return x.to(like.dtype)
-
-
-def einsum(equation: str, *operands):
-    return torch.einsum(equation, *operands)
-
-
-def variadic(kind: str, *xs):
-    out = xs[0]
-    for t in xs[1:]:
-        if kind == "max":
-            out = torch.maximum(out, t)
-        elif kind == "min":
-            out = torch.minimum(out, t)
-        else:
-            out = out + t
-    if kind == "mean":
-        out = out / len(xs)
-    return out
