@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from runners.convert import functional as R
 from runners.convert.core import NodeCtx
+from runners.convert.functional.padding import same_pads, torch_pad_list
 from runners.convert.weights import array_to_torch, torch_dtype
 
 HANDLERS: dict[str, Callable[[NodeCtx], object]] = {}
@@ -329,7 +330,7 @@ def _resolve_auto_pad(c: NodeCtx, kernel, strides, dilations, pads):
         shape = c.shape(0)
         if shape is not None and _static_shape(shape[2:]) and _static_shape(kernel):
             return (
-                R._same_pads(shape[2:], kernel, strides, dilations, mode == "SAME_UPPER"),
+                same_pads(shape[2:], kernel, strides, dilations, mode == "SAME_UPPER"),
                 "NOTSET",
             )
         return None, mode
@@ -963,7 +964,7 @@ def _pad(c: NodeCtx):
                 a = a + r if a < 0 else a
                 full[a], full[a + r] = pads[j], pads[j + len(axes)]
             pads = full
-        tp = R._torch_pad_list(pads)
+        tp = torch_pad_list(pads)
         while len(tp) >= 2 and tp[-1] == 0 and tp[-2] == 0:
             tp = tp[:-2]
         if not tp:
