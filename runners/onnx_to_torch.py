@@ -6,7 +6,7 @@ Public entry::
     outputs = gm(*inputs)          # tensors in ONNX graph-input order -> tuple of outputs
 
 The result is a ``torch.fx.GraphModule`` (readable ``gm.code``) built op by op from the
-ONNX graph (opsets 11-21; see ``runners/convert/ops.py`` for the operator table), with
+ONNX graph (opsets 11-21; see ``runners/convert/ops/`` for the operator handlers), with
 these extra attributes:
 
 * ``input_names`` / ``output_names``: ONNX graph inputs (initializers excluded) and
