@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PIPEPLAN = """
 import json, resource, sys, time
 t = time.perf_counter()
-from planner.inspection import load_model
-from planner.shapes import ShapeBindings
+from planner.graph.inspect import load_model
+from planner.graph.shapes import ShapeBindings
 mg, lg = load_model(sys.argv[1], ShapeBindings(batch=1))
 seconds = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

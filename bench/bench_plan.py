@@ -10,7 +10,7 @@
 2. Speed: wall time of `pipeplan plan` (a fresh process: load, price, baselines, ILP) on
    the 1.6 B-parameter, 48-block GPT graph over 16 H100s (two nodes of 8, NVLink4 inside,
    InfiniBand NDR between) and 64 (eight nodes), median of `--repeat` runs, with the
-   solver's status and gap. The `dp` baseline's wall time is the peer measured alongside.
+   solver's status and gap. The `pipedream` baseline's wall time is the peer measured alongside.
 
     python bench/bench_plan.py [--repeat 3]
 """
@@ -34,7 +34,7 @@ CLUSTERS = ROOT / "samples" / "clusters"
 def quality() -> list[dict]:
     from planner.api import plan
     from planner.config import PlanConfig
-    from planner.shapes import ShapeBindings
+    from planner.graph.shapes import ShapeBindings
 
     rows = []
     for batch in (8, 64, 256, 1024, 4096):
@@ -79,7 +79,7 @@ def timed_plan(cluster: str, strategy: str) -> tuple[float, dict]:
             [
                 sys.executable,
                 "-m",
-                "planner.cli",
+                "runners.cli",
                 "plan",
                 str(MODELS / "gpt_xl.onnx"),
                 "--cluster",
@@ -104,19 +104,19 @@ def timed_plan(cluster: str, strategy: str) -> tuple[float, dict]:
 def speed(repeat: int) -> list[dict]:
     rows = []
     for cluster, goal in (("h100x16.yaml", 10.0), ("h100x64.yaml", 60.0)):
-        ilp_times, dp_times, last = [], [], None
+        ilp_times, pipedream_times, last = [], [], None
         for _ in range(repeat):
             seconds, last = timed_plan(cluster, "ilp")
             ilp_times.append(seconds)
-            dp_times.append(timed_plan(cluster, "dp")[0])
+            pipedream_times.append(timed_plan(cluster, "pipedream")[0])
         wall = statistics.median(ilp_times)
         rows.append(
             {
                 "cluster": cluster,
                 "devices": sum(len(n["devices"]) for n in last["cluster"]["nodes"]),
                 "ilp_wall_s_median": round(wall, 2),
-                "dp_wall_s_median": round(statistics.median(dp_times), 2),
-                "ilp_over_dp_wall": round(wall / statistics.median(dp_times), 2),
+                "pipedream_wall_s_median": round(statistics.median(pipedream_times), 2),
+                "ilp_over_pipedream_wall": round(wall / statistics.median(pipedream_times), 2),
                 "solver_s": round(last["solver"]["seconds"], 2),
                 "status": last["solver"]["status"],
                 "gap": last["solver"]["gap"],

@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--microbatches", type=int, default=8)
     args = parser.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cli = [sys.executable, "-m", "planner.cli"]
+    cli = [sys.executable, "-m", "runners.cli"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = tmp / "mlp.onnx"

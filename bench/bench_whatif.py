@@ -30,9 +30,9 @@ MODEL = ROOT / "samples" / "models" / "gpt_xl.onnx"
 def sweep(cache_dir: Path):
     from cost.cluster import cluster_from_dict
     from planner.config import PlanConfig
-    from planner.plan_cache import PlanCache
-    from planner.shapes import ShapeBindings
-    from planner.whatif import whatif
+    from planner.graph.shapes import ShapeBindings
+    from planner.whatif.analysis import whatif
+    from planner.whatif.cache import PlanCache
 
     base = cluster_from_dict(
         {"name": "h100x1", "nodes": [{"devices": "1x H100-80GB", "link": "NVLink4"}]}

@@ -65,7 +65,7 @@ def env() -> dict:
 
 def pipeplan(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "planner.cli", *args],
+        [sys.executable, "-m", "runners.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

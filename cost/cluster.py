@@ -41,13 +41,11 @@ path and the bad value, e.g.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -59,9 +57,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from cost.devices import DeviceSpec, catalog_device, device_input, format_validation_error
+from cost.devices import DeviceSpec, catalog_device, device_input
+from cost.errors import PipeplanError
+from cost.fields import format_validation_error
+from cost.files import read_document
 from cost.links import LOCAL_LINK, PRESETS, LinkSpec, link_input
-from planner.errors import PipeplanError
+from cost.profile import is_profile_document, link_spec_input
 
 #: Intra-node link of a node that does not name one.
 DEFAULT_INTRA_LINK = "PCIe4"
@@ -111,8 +112,6 @@ def _base_dir(info: ValidationInfo | None) -> str | None:
 
 def _link_value(value: Any, base_dir: str | None) -> Any:
     if isinstance(value, dict) and value.get("profile") is not None:
-        from cost.profile import link_spec_input
-
         return link_spec_input(value, base_dir)
     return link_input(value)
 
@@ -379,32 +378,7 @@ def cluster_from_dict(data: Any, source: str = "<dict>", base_dir: str | None = 
 def load_cluster(path: str | Path) -> Cluster:
     """Read a cluster spec from a YAML file (or JSON, for a `.json` extension)."""
     p = Path(path)
-    if not p.exists():
-        raise PipeplanError(f"cluster file not found: {p}")
-    if not p.is_file():
-        raise PipeplanError(f"cluster path is not a file: {p}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PipeplanError(f"cannot read cluster file {p}: {exc}") from None
-    if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PipeplanError(f"invalid JSON in {p} line {exc.lineno}: {exc.msg}") from None
-    else:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-            problem = exc.problem or exc.context or "syntax error"
-            raise PipeplanError(f"invalid YAML in {p}{where}: {problem}") from None
-        except yaml.YAMLError as exc:
-            one_line = " ".join(str(exc).split())
-            raise PipeplanError(f"invalid YAML in {p}: {one_line}") from None
-    from cost.profile import is_profile_document
-
+    data = read_document(p, "cluster file")
     if is_profile_document(data):  # a calibration profile: a cluster of its one device
         data = {"name": p.stem, "devices": [{"profile": p.name}]}
     return cluster_from_dict(data, source=str(p), base_dir=str(p.parent))

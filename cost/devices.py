@@ -45,16 +45,21 @@ and should be overridden with the user's own price.
 
 from __future__ import annotations
 
-import difflib
-import re
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from planner.errors import PipeplanError
-
-Dtype = Literal["fp32", "tf32", "fp16", "bf16"]
+from cost.errors import PipeplanError
+from cost.fields import (
+    Dtype,
+    Fraction,
+    Positive,
+    format_validation_error,
+    lookup_name,
+    normalise_name,
+)
+from cost.profile import device_spec_input
 
 #: Fallback chain of each dtype (documented in the module docstring).
 DTYPE_FALLBACK: dict[str, tuple[str, ...]] = {
@@ -77,97 +82,6 @@ _DTYPE_ALIASES: dict[str, str] = {
     "bf16": "bf16",
     "bfloat16": "bf16",
 }
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def fmt_number(value: Any) -> str:
-    """A number as a user wrote it: -5.0 -> '-5', 0.5 -> '0.5'."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value) if isinstance(value, float | int) else str(value)
-
-
-def _positive(value: float) -> float:
-    if not value > 0:
-        raise PydanticCustomError("positive", "must be > 0 (got {got})", {"got": fmt_number(value)})
-    return value
-
-
-def _non_negative(value: float) -> float:
-    if not value >= 0:
-        raise PydanticCustomError(
-            "non_negative", "must be >= 0 (got {got})", {"got": fmt_number(value)}
-        )
-    return value
-
-
-def _fraction(value: float) -> float:
-    if not 0 < value <= 1:
-        raise PydanticCustomError(
-            "fraction", "must be in (0, 1] (got {got})", {"got": fmt_number(value)}
-        )
-    return value
-
-
-Positive = Annotated[float, AfterValidator(_positive)]
-NonNegative = Annotated[float, AfterValidator(_non_negative)]
-Fraction = Annotated[float, AfterValidator(_fraction)]
-
-_BUILTIN_MESSAGES = {
-    "extra_forbidden": "unknown field",
-    "missing": "required field missing",
-}
-
-
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if part == "[key]":  # pydantic marks errors on a dict key this way
-            continue
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """All errors of a pydantic `ValidationError` on ONE line.
-
-    Each error reads `field.path[index].name: message (got value)`; errors are joined with
-    "; ". Messages raised by pipeplan's own validators already name the bad value.
-    """
-    parts = []
-    for err in exc.errors(include_url=False):
-        etype = err["type"]
-        msg = _BUILTIN_MESSAGES.get(etype, err["msg"])
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        elif msg.startswith("Assertion failed, "):
-            msg = msg[len("Assertion failed, ") :]
-        value = err.get("input")
-        ours = etype in ("positive", "non_negative", "fraction", "value_error", "pipeplan")
-        if not ours and etype != "missing" and isinstance(value, str | int | float | bool):
-            msg += f" (got {value!r})" if isinstance(value, str) else f" (got {value})"
-        where = _loc(tuple(err["loc"]))
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
-
-
-def normalise_name(name: str) -> str:
-    """Catalog key of a name: lower case, letters and digits only ('a100_80gb' == 'A100-80GB')."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
-    """'unknown device 'X'; did you mean A, B?' with difflib suggestions, on one line."""
-    by_key = {normalise_name(k): k for k in known}
-    close = difflib.get_close_matches(normalise_name(name), list(by_key), n=3, cutoff=0.5)
-    if close:
-        return f"unknown {kind} {name!r}; did you mean {', '.join(by_key[c] for c in close)}?"
-    return f"unknown {kind} {name!r}; known: {', '.join(known)}"
 
 
 # --------------------------------------------------------------------------- the model
@@ -204,7 +118,7 @@ class DeviceSpec(BaseModel):
     #: its measured operator times replace the roofline for operators it holds.
     profile: str | None = None
     #: First 16 hex digits of the profile file's SHA-256 when the figures were read: part
-    #: of the spec, so cached plans (`planner.plan_cache`) never outlive a re-calibration.
+    #: of the spec, so cached plans (`planner.whatif.cache`) never outlive a re-calibration.
     profile_sha256: str | None = None
 
     @field_validator("peak_tflops")
@@ -229,11 +143,6 @@ class DeviceSpec(BaseModel):
     def memory_bytes(self) -> int:
         """Device memory in bytes (decimal: memory_GB * 1e9)."""
         return int(round(self.memory_GB * 1e9))
-
-    @property
-    def bandwidth_bytes_per_s(self) -> float:
-        """Peak memory bandwidth in bytes per second."""
-        return self.bandwidth_GBps * 1e9
 
     def peak_flops(self, dtype: str = "fp32") -> float:
         """Dense peak FLOP/s for `dtype`, following the fallback chain.
@@ -322,12 +231,7 @@ _BY_KEY: dict[str, str] = {normalise_name(n): n for n in CATALOG} | _ALIASES
 
 def catalog_device(name: str) -> DeviceSpec:
     """The catalog entry for `name` (case-insensitive; '-', '_' and spaces ignored)."""
-    if not isinstance(name, str):
-        raise PipeplanError(f"device name must be a string (got {name!r})")
-    found = _BY_KEY.get(normalise_name(name))
-    if found is None:
-        raise PipeplanError(unknown_name_message("device", name, list(CATALOG)))
-    return CATALOG[found]
+    return lookup_name(name, CATALOG, _BY_KEY, "device")
 
 
 def device_input(value: Any, base_dir: str | None = None) -> Any:
@@ -347,8 +251,6 @@ def device_input(value: Any, base_dir: str | None = None) -> Any:
     if isinstance(value, str):
         return catalog_device(value)
     if isinstance(value, dict) and "profile" in value and value["profile"] is not None:
-        from cost.profile import device_spec_input
-
         return device_spec_input(value, base_dir)
     if isinstance(value, dict) and "like" in value:
         overrides = dict(value)

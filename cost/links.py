@@ -43,15 +43,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from cost.devices import (
+from cost.errors import PipeplanError
+from cost.fields import (
     Fraction,
     NonNegative,
     Positive,
     format_validation_error,
+    lookup_name,
     normalise_name,
-    unknown_name_message,
 )
-from planner.errors import PipeplanError
 
 
 class LinkSpec(BaseModel):
@@ -133,12 +133,7 @@ _BY_KEY = {normalise_name(n): n for n in PRESETS} | {
 
 def preset_link(name: str) -> LinkSpec:
     """The preset called `name` (case-insensitive; '-', '_' and spaces ignored)."""
-    if not isinstance(name, str):
-        raise PipeplanError(f"link preset name must be a string (got {name!r})")
-    found = _BY_KEY.get(normalise_name(name))
-    if found is None:
-        raise PipeplanError(unknown_name_message("link preset", name, list(PRESETS)))
-    return PRESETS[found]
+    return lookup_name(name, PRESETS, _BY_KEY, "link preset")
 
 
 def link_input(value: Any) -> Any:

@@ -71,3 +71,53 @@ class OpCost:
     @property
     def bytes_moved(self) -> int:
         return self.bytes_read + self.bytes_written
+
+
+def _positions(*items: int) -> frozenset[int]:
+    return frozenset(items)
+
+
+_REDUCE_OPS = ("Sum", "Mean", "Max", "Min", "Prod", "L1", "L2", "LogSum", "LogSumExp", "SumSquare")
+
+#: Input positions of operators that never carry differentiable data: shapes, axes, pads,
+#: scales, indices, conditions, configuring scalars, running statistics. A float
+#: initializer read only at such positions is no trainable weight: the planner does not
+#: count it as a parameter and the runner does not make it an `nn.Parameter`. The one
+#: table both read (ONNX operator specs, opsets 11-21, for which inputs these are).
+NON_DATA_INPUTS: dict[str, frozenset[int]] = {
+    "Reshape": _positions(1),
+    "Expand": _positions(1),
+    "Tile": _positions(1),
+    "Slice": _positions(1, 2, 3, 4),
+    "Pad": _positions(1, 2, 3),
+    "Resize": _positions(1, 2, 3),
+    "Upsample": _positions(1),
+    "Where": _positions(0),
+    "Gather": _positions(1),
+    "GatherElements": _positions(1),
+    "GatherND": _positions(1),
+    "ScatterND": _positions(1),
+    "ScatterElements": _positions(1),
+    "Unsqueeze": _positions(1),
+    "Squeeze": _positions(1),
+    "Split": _positions(1),
+    "TopK": _positions(1),
+    "CumSum": _positions(1),
+    "Trilu": _positions(1),
+    "OneHot": _positions(0, 1, 2),
+    "BatchNormalization": _positions(3, 4),
+    "Range": _positions(0, 1, 2),
+    "ConstantOfShape": _positions(0),
+    "Dropout": _positions(1, 2),
+    "Clip": _positions(1, 2),
+    **{f"Reduce{kind}": _positions(1) for kind in _REDUCE_OPS},
+}
+
+#: Of those, the positions that hold state rather than configuration: BatchNorm's running
+#: mean and variance are buffers (memory, no gradient, no optimizer state).
+BUFFER_INPUTS: dict[str, frozenset[int]] = {"BatchNormalization": _positions(3, 4)}
+
+
+def is_data_input(op_type: str, position: int) -> bool:
+    """Whether input `position` of an `op_type` node may carry differentiable data."""
+    return position not in NON_DATA_INPUTS.get(op_type, frozenset())

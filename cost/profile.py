@@ -3,7 +3,7 @@
 A profile (YAML) holds the cost-model figures fitted from microbenchmarks, the measured
 point-to-point link between two processes on the host, and optionally the measured
 forward and backward time of every distinct operator of some models, keyed by the
-operator's `signature` (`planner.graph.op_signature`)::
+operator's `signature` (`cost.signature.op_signature`)::
 
     schema_version: 1
     device: {name, peak_tflops: {fp32, bf16, ...}, memory_GB, bandwidth_GBps,
@@ -48,22 +48,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cost.devices import Dtype, Fraction, NonNegative, Positive, format_validation_error
-from planner.errors import PipeplanError
+from cost.errors import PipeplanError
+from cost.fields import Dtype, Fraction, NonNegative, Positive, format_validation_error
+from cost.files import parse_yaml, read_text, write_text_atomic
 
 PROFILE_SCHEMA_VERSION = 1
-
-#: DeviceSpec fields a profile's `device` section provides.
-DEVICE_FIELDS = (
-    "name",
-    "peak_tflops",
-    "memory_GB",
-    "bandwidth_GBps",
-    "launch_overhead_us",
-    "compute_efficiency",
-    "memory_efficiency",
-    "half_efficiency_flops",
-)
 
 
 class ProfileDevice(BaseModel):
@@ -188,21 +177,7 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
 
 @functools.lru_cache(maxsize=32)
 def _load_cached(path: str, _mtime_ns: int, _size: int) -> Profile:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PipeplanError(f"cannot read profile {path}: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = exc.problem or exc.context or "syntax error"
-        raise PipeplanError(f"invalid YAML in profile {path}{where}: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise PipeplanError(
-            f"invalid YAML in profile {path}: {' '.join(str(exc).split())}"
-        ) from None
+    data = parse_yaml(read_text(path, "profile file"), f"profile {path}")
     return profile_from_dict(data, source=path)
 
 
@@ -217,8 +192,6 @@ def profile_to_yaml(profile: Profile, header: str = "") -> str:
 
 def save_profile(profile: Profile, path: str | os.PathLike[str], header: str = "") -> None:
     """Write `profile` atomically (temporary file, then rename)."""
-    from planner.io import write_text_atomic
-
     write_text_atomic(path, profile_to_yaml(profile, header))
 
 

@@ -15,7 +15,7 @@ bf16 or fp16 moves half as many bytes for floating-point tensors, so bytes scale
 writes input and weight gradients: about twice the forward traffic, and two kernels.
 
 Measured times win: on a device with a calibration profile (`DeviceSpec.profile`, see
-`cost.profile`) that holds the operator's `signature` (`planner.graph.op_signature`)
+`cost.profile`) that holds the operator's `signature` (`cost.signature.op_signature`)
 measured at the plan's dtype, `forward_seconds` and `backward_seconds` return the measured
 times; every other operator gets the roofline with the profile's fitted figures.
 """
@@ -41,10 +41,7 @@ def compute_seconds(flops: float, device: DeviceSpec, dtype: str, matrix: bool) 
     if flops <= 0:
         return 0.0
     peak = device.peak_flops(dtype if matrix else "fp32")
-    if matrix:
-        efficiency = device.compute_efficiency * flops / (flops + device.half_efficiency_flops)
-    else:
-        efficiency = device.compute_efficiency
+    efficiency = device.efficiency(flops) if matrix else device.compute_efficiency
     return flops / (peak * efficiency)
 
 

@@ -15,40 +15,14 @@ from pathlib import Path
 
 import onnx
 
+from cost.errors import PipeplanError
+from cost.files import current_umask, write_text_atomic
 from cost.tensor import dtype_name
 from exporters.manifest import Manifest, Relay, SharedWeight, StageFile, TensorSpec
 from exporters.stages import cut_stages, stage_model
 from exporters.weights import relocate_weights
-from planner.errors import PipeplanError
-from planner.graph import ModelGraph, load_graph
-from planner.io import current_umask, write_text_atomic
-from planner.plan_model import Plan
-from planner.shapes import ShapeBindings
-
-
-def _bindings(plan: Plan) -> ShapeBindings:
-    b = plan.bindings or {}
-    return ShapeBindings(
-        dims=dict(b.get("dims") or {}),
-        batch=b.get("batch"),
-        input_shapes={k: tuple(v) for k, v in (b.get("input_shapes") or {}).items()},
-    )
-
-
-def load_plan(path: str | os.PathLike[str]) -> Plan:
-    from pydantic import ValidationError
-
-    p = Path(path)
-    if not p.exists():
-        raise PipeplanError(f"plan file not found: {p}")
-    try:
-        return Plan.model_validate_json(p.read_text())
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise PipeplanError(f"invalid plan {p}: {where}: {first['msg']}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PipeplanError(f"invalid plan {p}: {str(exc).splitlines()[0]}") from None
+from planner.graph.load import ModelGraph, load_graph
+from planner.plan_file import Plan, load_plan, plan_bindings
 
 
 def _spec(mg: ModelGraph, name: str, **extra) -> TensorSpec:
@@ -84,7 +58,7 @@ def export(
         raise PipeplanError(f"output folder exists: {target} (pass --force to replace it)")
     if not target.parent.exists():
         raise PipeplanError(f"output folder's parent does not exist: {target.parent}")
-    mg = load_graph(model, _bindings(plan))
+    mg = load_graph(model, plan_bindings(plan))
     if mg.graph_hash != plan.model.graph_hash:
         raise PipeplanError(
             f"the plan was made for another graph (plan hash {plan.model.graph_hash}, model {mg.graph_hash})"

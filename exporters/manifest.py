@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from cost.cluster import Cluster
-from planner.plan_model import Routing
+from planner.plan_file import Routing
 from planner.schedule.actions import Schedule
 
 MANIFEST_VERSION = 1

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import helper, numpy_helper
 
-from planner.errors import PipeplanError
-from planner.graph import ModelGraph, unique_node_names
-from planner.plan_model import Plan
+from cost.errors import PipeplanError
+from planner.graph.load import ModelGraph, unique_node_names
+from planner.plan_file import Plan
 
 
 @dataclass

@@ -9,12 +9,12 @@ references to a data file that is not written, and the manifest says weights are
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import onnx
 
-from planner.onnx_io import external_data_location
+from cost.tensor import TensorInfo
+from planner.graph.onnx_io import external_data_location
 
 ALIGNMENT = 4096
 #: Inline weights above this move to an external file (protobuf's hard limit is 2 GiB).
@@ -101,8 +101,6 @@ def relocate_weights(
 
 
 def _nbytes(t: onnx.TensorProto) -> int:
-    from cost.tensor import TensorInfo
-
     return TensorInfo(t.name, tuple(t.dims), t.data_type).nbytes
 
 
@@ -121,7 +119,3 @@ def _copy_range(src, dst, length: int) -> None:
             raise OSError("external data file is shorter than its tensors say")
         dst.write(chunk)
         remaining -= len(chunk)
-
-
-def copy_file(src: Path, dst: Path) -> None:
-    shutil.copyfile(src, dst)

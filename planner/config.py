@@ -1,16 +1,40 @@
-"""Planning settings, as data (pydantic): what the user asks the planner for."""
+"""Planning settings, as data (pydantic): what the user asks the planner for.
+
+`PlanConfig` is the single source of every planning option: its field names, defaults
+and descriptions. The command line generates its options from these fields
+(`runners.cli.options`): a field's flag is `--<name with dashes>` unless `CLI_FLAGS`
+names it otherwise, and its help is the field's description.
+"""
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Schedule = Literal["1f1b", "gpipe", "interleaved", "zb", "auto"]
-Strategy = Literal["ilp", "uniform", "params", "greedy", "dp"]
+Strategy = Literal["ilp", "uniform", "params", "greedy", "pipedream"]
 Objective = Literal["throughput", "latency"]
 Dtype = Literal["fp32", "bf16", "fp16"]
 Optimizer = Literal["sgd", "momentum", "adam"]
+Solver = Literal["highs", "cbc"]
+
+#: Module groups heavier than this share of the model's work are split into their
+#: children when layers are grouped (`planner.graph.layers`; `--max-layer-share`).
+DEFAULT_MAX_LAYER_SHARE = 1 / 16
+
+#: Old strategy names still accepted (with a DeprecationWarning) -> their new names.
+DEPRECATED_STRATEGIES = {"dp": "pipedream"}
+
+#: Command-line flags of the fields whose flag is not `--<field-name>`; an empty tuple:
+#: no option of its own (`auto_microbatches` is `--microbatches auto`).
+CLI_FLAGS: dict[str, tuple[str, ...]] = {
+    "microbatches": ("--microbatches", "-m"),
+    "auto_microbatches": (),
+    "time_limit_s": ("--time-limit",),
+    "memory_headroom": ("--headroom",),
+}
 
 
 class PlanConfig(BaseModel):
@@ -22,38 +46,44 @@ class PlanConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    microbatches: int = Field(8, description="micro-batches per iteration (m)")
+    microbatches: int = Field(
+        8,
+        description="Micro-batches per iteration (m), or auto: the bubble at most 10% "
+        "(m >= 9(p - 1)), at most 64, halved until it fits memory.",
+    )
     schedule: Schedule = Field(
-        "1f1b", description="pipeline schedule; auto: the fastest that fits memory"
+        "1f1b", description="Pipeline schedule; auto: the fastest that fits memory."
     )
     virtual_stages: int = Field(
-        2, description="model chunks per device for the interleaved schedule"
+        2, description="Model chunks per device for the interleaved schedule."
     )
     auto_microbatches: bool = Field(
-        False,
-        description="choose the micro-batch count: bubble <= 10% (m >= 9(p - 1)), at most 64, fitting memory",
+        False, description="Choose the micro-batch count (set by --microbatches auto)."
     )
-    dtype: Dtype = Field("fp32", description="compute and activation precision")
-    optimizer: Optimizer = Field("adam", description="optimizer whose state each stage holds")
-    recompute: bool = Field(False, description="full activation recomputation per stage")
+    dtype: Dtype = Field("fp32", description="Compute and activation precision.")
+    optimizer: Optimizer = Field("adam", description="Optimizer whose state each stage holds.")
+    recompute: bool = Field(False, description="Full activation recomputation per stage.")
     objective: Objective = Field(
-        "throughput", description="training throughput, or one-sample inference latency"
+        "throughput",
+        description="Training throughput, or one-micro-batch inference latency.",
     )
-    strategy: Strategy = Field("ilp", description="ilp, or a baseline: uniform, params, greedy, dp")
-    time_limit_s: float = Field(30.0, description="ILP solver time limit, seconds")
+    strategy: Strategy = Field(
+        "ilp",
+        description="The exact ILP, or a baseline: uniform (torchtitan), params (DeepSpeed), "
+        "greedy (torchgpipe), pipedream (PipeDream's dynamic program; 'dp' is its old name).",
+    )
+    time_limit_s: float = Field(30.0, description="ILP solver time limit, seconds.")
     tail_gap: float = Field(
         0.005,
         ge=0.0,
-        description="keep the ILP's split solved without the optimizer-step tail when, tail "
-        "included, it is proven within this fraction of the optimum (0: always solve with it)",
+        description="Keep the ILP's split solved without the optimizer-step tail when, tail "
+        "included, it is proven within this fraction of the optimum (0: always solve with it).",
     )
-    memory_headroom: float = Field(0.1, description="fraction of each device's memory kept free")
+    memory_headroom: float = Field(0.1, description="Fraction of each device's memory kept free.")
     stages: int | None = Field(
-        None, description="fix the number of pipeline stages (default: the planner picks)"
+        None, description="Fix the number of pipeline stages (default: the planner picks)."
     )
-    solver: Literal["highs", "cbc"] = Field(
-        "highs", description="MILP backend; CBC is also the fallback"
-    )
+    solver: Solver = Field("highs", description="MILP backend; CBC is also the fallback.")
 
     @field_validator("microbatches")
     @classmethod
@@ -69,10 +99,18 @@ class PlanConfig(BaseModel):
             raise ValueError(f"virtual stages must be at least 1 (got {v})")
         return v
 
-    @property
-    def pricing_schedule(self) -> str:
-        """The schedule the partitioner prices memory for (auto and interleaved: 1F1B)."""
-        return "1f1b" if self.schedule in ("auto", "interleaved") else self.schedule
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _renamed_strategy(cls, v: object) -> object:
+        if isinstance(v, str) and v in DEPRECATED_STRATEGIES:
+            new = DEPRECATED_STRATEGIES[v]
+            warnings.warn(
+                f"strategy {v!r} is deprecated: use {new!r} (the same baseline)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return new
+        return v
 
     @field_validator("time_limit_s")
     @classmethod
@@ -94,6 +132,11 @@ class PlanConfig(BaseModel):
         if v is not None and v < 1:
             raise ValueError(f"stages must be at least 1 (got {v})")
         return v
+
+    @property
+    def pricing_schedule(self) -> str:
+        """The schedule the partitioner prices memory for (auto and interleaved: 1F1B)."""
+        return "1f1b" if self.schedule in ("auto", "interleaved") else self.schedule
 
     @property
     def training(self) -> bool:

@@ -14,7 +14,3 @@ def si(value: float, unit: str = "", digits: int = 3) -> str:
 def nbytes(value: float) -> str:
     """Decimal bytes: 1.5e9 -> '1.5 GB' (GB = 1e9 bytes, as device memory is quoted)."""
     return si(value, "B")
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3f}"

@@ -26,8 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cost.errors import PipeplanError
 from exporters.manifest import MANIFEST_VERSION, Manifest
-from planner.errors import PipeplanError
 from runners.report import Measured, RunReport, StageTiming
 
 
@@ -130,12 +130,12 @@ def run(
             else:
                 result.check = check_gradients(root, manifest, out, seed=seed, data=data)
         if trace:
-            from planner.io import write_text_atomic
+            from cost.files import write_text_atomic
             from runners.trace import merged_trace
 
             write_text_atomic(trace, json.dumps(merged_trace(root, manifest, results)))
         if report:
-            from planner.io import write_text_atomic
+            from cost.files import write_text_atomic
 
             write_text_atomic(report, result.model_dump_json(indent=2))
         return result

@@ -40,10 +40,11 @@ def merged_trace(root: Path, manifest: Manifest, results: list[dict]) -> dict:
             )
     plan_file = root / "plan.json"
     if plan_file.exists():
-        from planner.simulate_plan import _load, replay
-        from planner.timeline import chrome_trace
+        from planner.plan_file import load_plan
+        from planner.simulate.replay import replay
+        from planner.simulate.timeline import chrome_trace
 
-        plan = _load(plan_file)
+        plan = load_plan(plan_file)
         simulated = chrome_trace(replay(plan), plan.schedule, title="simulated")
         for e in simulated["traceEvents"]:
             e = dict(e)

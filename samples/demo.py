@@ -23,7 +23,7 @@ MODEL = "samples/models/gpt.onnx"
 
 def step(title: str, *args: str) -> None:
     print(f"\n=== {title}\n$ pipeplan {shlex.join(args)}", flush=True)
-    result = subprocess.run([sys.executable, "-m", "planner.cli", *args], cwd=ROOT)
+    result = subprocess.run([sys.executable, "-m", "runners.cli", *args], cwd=ROOT)
     if result.returncode != 0:
         sys.exit(f"demo step failed ({title}): exit {result.returncode}")
 

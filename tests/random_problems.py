@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 from cost.cluster import cluster_from_dict
 from planner.config import PlanConfig
-from planner.objective import Assignment, evaluate
-from planner.problem import Flow, LayerCost, Problem, SharedParam, device_groups
+from planner.partition.objective import Assignment, evaluate
+from planner.partition.problem import Flow, LayerCost, Problem, SharedParam, device_groups
 
 KINDS = ["A100-80GB", "V100-16GB", "T4"]
 

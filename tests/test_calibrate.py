@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from cost.cluster import load_cluster
+from cost.errors import PipeplanError
 from cost.profile import Profile, load_profile, measured_op, profile_from_dict
-from planner.errors import PipeplanError
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = ROOT / "samples" / "models" / "mlp.onnx"
@@ -27,7 +27,7 @@ def pipeplan(
     import os
 
     return subprocess.run(
-        [sys.executable, "-m", "planner.cli", *args],
+        [sys.executable, "-m", "runners.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -92,8 +92,8 @@ def test_quick_profile_is_valid(profile_path: Path) -> None:
     assert profile.torch_version and profile.created
     assert profile.machine["cpus"] >= 1
     # every operator of the MLP was timed, forward and backward, at fp32
-    from planner.graph import load_graph
-    from planner.shapes import ShapeBindings
+    from planner.graph.load import load_graph
+    from planner.graph.shapes import ShapeBindings
 
     mg = load_graph(MLP, ShapeBindings(batch=4))
     sigs = {d["signature"] for _, d in mg.graph.nodes(data=True) if not d["folded"]}
@@ -122,7 +122,7 @@ def test_fit_line_relative_recovers_a_line() -> None:
 
 
 def test_extend_times_only_new_operators(profile_path: Path) -> None:
-    from planner.shapes import ShapeBindings
+    from planner.graph.shapes import ShapeBindings
     from runners.calibrate import ModelRequest, calibrate
 
     base = load_profile(profile_path)
@@ -176,9 +176,9 @@ def test_cluster_of_profiled_devices(profile_path: Path, tmp_path: Path) -> None
 def test_plan_uses_measured_op_times(profile_path: Path, tmp_path: Path) -> None:
     from planner.api import plan
     from planner.config import PlanConfig
-    from planner.inspection import load_model
-    from planner.problem import build_problem
-    from planner.shapes import ShapeBindings
+    from planner.graph.inspect import load_model
+    from planner.graph.shapes import ShapeBindings
+    from planner.partition.problem import build_problem
 
     profile = load_profile(profile_path)
     cluster = load_cluster(write_cluster(tmp_path, str(profile_path)))
@@ -208,7 +208,7 @@ def test_planning_with_a_profile_stays_torch_free(profile_path: Path, tmp_path: 
         import sys
         from planner.api import plan
         from planner.config import PlanConfig
-        from planner.shapes import ShapeBindings
+        from planner.graph.shapes import ShapeBindings
         p = plan({str(MLP)!r}, {str(cluster)!r}, PlanConfig(stages=2), ShapeBindings(batch=4))
         assert p.stages[0].device_kind.endswith("measured)"), p.stages[0].device_kind
         assert "torch" not in sys.modules, "planning imported torch"
@@ -282,8 +282,8 @@ def test_calibrate_cli_errors(tmp_path: Path) -> None:
 
 
 def test_signatures_are_stable_and_shared() -> None:
-    from planner.graph import load_graph
-    from planner.shapes import ShapeBindings
+    from planner.graph.load import load_graph
+    from planner.graph.shapes import ShapeBindings
 
     a = load_graph(GPT, ShapeBindings(batch=2))
     b = load_graph(GPT, ShapeBindings(batch=2))
@@ -333,7 +333,7 @@ def test_plan_prices_the_measured_optimizer_step(profile_path: Path, tmp_path: P
     from cost.optimizer import optimizer_step_seconds
     from planner.api import plan
     from planner.config import PlanConfig
-    from planner.shapes import ShapeBindings
+    from planner.graph.shapes import ShapeBindings
 
     cluster = write_cluster(tmp_path, str(profile_path))
     p = plan(MLP, cluster, PlanConfig(stages=2, optimizer="adam"), ShapeBindings(batch=4))
@@ -383,7 +383,7 @@ def test_latency_fit_recovers_the_latency_that_made_the_iterations() -> None:
     from cost.links import LinkSpec
     from planner.api import plan
     from planner.config import PlanConfig
-    from planner.shapes import ShapeBindings
+    from planner.graph.shapes import ShapeBindings
     from runners.calibrate.probe import fit_pipeline_latency, replay_iteration, replay_record
 
     p = plan(

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pipeplan(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "planner.cli", *args],
+        [sys.executable, "-m", "runners.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -164,7 +164,7 @@ def test_usage_errors_are_one_line():
 def test_help_is_fast_and_never_imports_torch():
     code = (
         "import sys, time; t=time.perf_counter(); sys.argv=['pipeplan','--help'];\n"
-        "from planner.cli import main\n"
+        "from runners.cli.app import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "print(time.perf_counter()-t, file=sys.stderr)"
@@ -176,7 +176,7 @@ def test_help_is_fast_and_never_imports_torch():
 def test_inspect_never_imports_torch(good_model):
     code = (
         f"import sys; sys.argv=['pipeplan','inspect',{str(good_model)!r},'--batch','2','--json'];\n"
-        "from planner.cli import main\n"
+        "from runners.cli.app import main\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )

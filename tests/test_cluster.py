@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from cost.cluster import Cluster, cluster_from_dict, load_cluster
 from cost.devices import CATALOG, DeviceSpec, resolve_device
+from cost.errors import PipeplanError
 from cost.links import LOCAL_LINK, PRESETS, LinkSpec, resolve_link
-from planner.errors import PipeplanError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "clusters"
 

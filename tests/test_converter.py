@@ -923,7 +923,7 @@ def test_stage_files_convert_and_tied_weights_start_equal(tmp_path):
     from exporters.bundle import export
     from planner.api import plan
     from planner.config import PlanConfig
-    from planner.shapes import ShapeBindings
+    from planner.graph.shapes import ShapeBindings
 
     model = str(MODELS / "gpt.onnx")
     p = plan(

@@ -14,12 +14,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from cost.errors import PipeplanError
 from exporters.bundle import export
 from exporters.manifest import Manifest
 from planner.api import plan
 from planner.config import PlanConfig
-from planner.errors import PipeplanError
-from planner.shapes import ShapeBindings
+from planner.graph.shapes import ShapeBindings
 from tests.exporting import export as torch_export
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,7 +219,7 @@ def test_cli_export_and_errors(tmp_path):
 
     def run(*args):
         return subprocess.run(
-            [sys.executable, "-m", "planner.cli", *args], capture_output=True, text=True, cwd=ROOT
+            [sys.executable, "-m", "runners.cli", *args], capture_output=True, text=True, cwd=ROOT
         )
 
     r = run(

@@ -13,11 +13,11 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from planner.errors import PipeplanError
-from planner.graph import load_graph
-from planner.inspection import inspect_model, load_model
-from planner.layers import group_layers
-from planner.shapes import ShapeBindings
+from cost.errors import PipeplanError
+from planner.graph.inspect import inspect_model, load_model
+from planner.graph.layers import group_layers
+from planner.graph.load import load_graph
+from planner.graph.shapes import ShapeBindings
 from tests.exporting import export
 
 
@@ -327,7 +327,7 @@ def test_inspect_json_cli(net_files):
         [
             sys.executable,
             "-m",
-            "planner.cli",
+            "runners.cli",
             "inspect",
             str(files["dynamo"]),
             "--batch",

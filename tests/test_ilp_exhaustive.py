@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planner.config import PlanConfig
-from planner.ilp import solve_ilp
-from planner.objective import check_assignment, evaluate
+from planner.partition.ilp.solve import solve_ilp
+from planner.partition.objective import check_assignment, evaluate
 from tests.random_problems import KINDS, exhaustive_best, make_problem
 
 #: links whose hosts move the bytes: sends hold the sending stage (gloo-like)

@@ -12,11 +12,12 @@ import pytest
 from cost.links import LinkSpec
 from planner.api import plan
 from planner.config import PlanConfig
+from planner.graph.shapes import ShapeBindings
 from planner.schedule.build import build_schedule, hoist_sends
 from planner.schedule.check import check_schedule
-from planner.shapes import ShapeBindings
-from planner.simulate_plan import simulate_plan
-from planner.simulator import SimCosts, simulate
+from planner.simulate.costs import SimCosts
+from planner.simulate.engine import simulate
+from planner.simulate.replay import simulate_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 FREE = LinkSpec(name="free", bandwidth_GBps=1e12, latency_us=0.0)
@@ -31,7 +32,7 @@ def run(kind, p, m, *, tf=1.0, tb=2.0, v=1, wfrac=0.5, act=10):
             stage_device=devices,
             microbatches=m,
             virtual_stages=v,
-            crossing=[(("x",), ("x",))] * (stages - 1),
+            routes=[(("x",), ("x",))] * (stages - 1),
         )
     )
     check_schedule(schedule, semantics="eager")
@@ -148,7 +149,7 @@ def test_auto_microbatches_backs_off_when_memory_is_short(tmp_path):
 
 def test_cli_simulate_trace_and_png(tmp_path):
     plan_file = tmp_path / "plan.json"
-    cmd = [sys.executable, "-m", "planner.cli"]
+    cmd = [sys.executable, "-m", "runners.cli"]
     r = subprocess.run(
         [
             *cmd,

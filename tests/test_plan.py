@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from cost.errors import DoesNotFitError, PipeplanError
 from planner.api import plan
 from planner.config import PlanConfig
-from planner.errors import DoesNotFitError, PipeplanError
-from planner.graph import load_graph
-from planner.plan_model import Plan
-from planner.shapes import ShapeBindings
+from planner.graph.load import load_graph
+from planner.graph.shapes import ShapeBindings
+from planner.plan_file import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"mlp": 64, "gpt": 16, "resnet": 32, "inception": 32}
@@ -126,7 +126,7 @@ def test_plan_json_round_trips(plans, tmp_path):
 
 
 def test_strategies_produce_valid_plans():
-    for strategy in ("uniform", "params", "greedy", "dp"):
+    for strategy in ("uniform", "params", "greedy", "pipedream"):
         p = plan(
             sample("gpt"), cluster("mixed"), PlanConfig(strategy=strategy), ShapeBindings(batch=8)
         )
@@ -203,7 +203,7 @@ def test_does_not_fit_names_the_device_and_the_fewest_devices(tmp_path):
 
 def run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "planner.cli", *args],
+        [sys.executable, "-m", "runners.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -221,6 +221,17 @@ def test_cli_plan_writes_plan_and_schema(tmp_path):
     assert Plan.model_validate_json(out.read_text()).solver.strategy == "ilp"
     schema = run_cli("schema", "plan")
     assert schema.returncode == 0 and "StagePlan" in schema.stdout
+
+
+def test_cli_deprecated_strategy_name_warns_and_works(tmp_path):
+    out = tmp_path / "plan.json"
+    r = run_cli(
+        "plan", sample("mlp"), "--cluster", cluster("mixed"), "--batch", "8", "-o", str(out),
+        "--strategy", "dp",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert Plan.model_validate_json(out.read_text()).solver.strategy == "pipedream"
+    assert "warning: strategy 'dp' is deprecated: use 'pipedream'" in r.stderr
 
 
 @pytest.mark.parametrize(

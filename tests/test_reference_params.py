@@ -3,7 +3,7 @@
 Each model is built on the meta device and exported by the dynamo exporter as a
 graph-only file (initializers reference an external file that is never written, as
 `samples/make_samples.py` does for the 1.6 B GPT), so even VGG-16's 138 M parameters cost
-nothing to export. `planner.graph.load_graph` must then count exactly torch's parameters
+nothing to export. `planner.graph.load.load_graph` must then count exactly torch's parameters
 (BatchNorm running statistics are buffers, not parameters) and its product FLOPs must
 match `torch.utils.flop_counter` within 1%.
 """
@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from planner.graph import load_graph
-from planner.shapes import ShapeBindings
+from planner.graph.load import load_graph
+from planner.graph.shapes import ShapeBindings
 from samples.make_samples import _externalize, save_proto
 from tests.reference_models import REFERENCE_MODELS
 

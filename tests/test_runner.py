@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from cost.errors import PipeplanError
 from exporters.bundle import export
 from planner.api import plan
 from planner.config import PlanConfig
-from planner.errors import PipeplanError
-from planner.shapes import ShapeBindings
+from planner.graph.shapes import ShapeBindings
 from runners.launch import RunFailed, load_bundle, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_cli_run_writes_report_and_trace(tmp_path):
         [
             sys.executable,
             "-m",
-            "planner.cli",
+            "runners.cli",
             "run",
             str(bundle),
             "--steps",
@@ -134,7 +134,7 @@ def test_a_failing_rank_is_named(tmp_path):
 
 def test_a_killed_rank_stops_every_rank_within_60_s(tmp_path):
     bundle = make_bundle(tmp_path, "gpt", 3, "1f1b")
-    cmd = [sys.executable, "-m", "planner.cli", "run", str(bundle), "--steps", "100000"]
+    cmd = [sys.executable, "-m", "runners.cli", "run", str(bundle), "--steps", "100000"]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
     )
@@ -181,7 +181,7 @@ def test_bundle_checks(tmp_path):
     manifest["manifest_version"] = 99
     (old / "manifest.json").write_text(json.dumps(manifest))
     r = subprocess.run(
-        [sys.executable, "-m", "planner.cli", "run", str(old)],
+        [sys.executable, "-m", "runners.cli", "run", str(old)],
         capture_output=True,
         text=True,
         cwd=ROOT,

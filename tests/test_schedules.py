@@ -18,16 +18,16 @@ KINDS = ["gpipe", "1f1b", "interleaved", "zb"]
 MODULES = {"gpipe": gpipe, "1f1b": one_f_one_b, "zb": zero_bubble}
 
 
-def make(kind: str, p: int, m: int, v: int = 1, crossing=None) -> Schedule:
+def make(kind: str, p: int, m: int, v: int = 1, routes=None) -> Schedule:
     stages = p * v
-    if crossing is None:
-        crossing = [(("h", "mask"), ("h",))] * (stages - 1)
+    if routes is None:
+        routes = [(("h", "mask"), ("h",))] * (stages - 1)
     return build_schedule(
         kind,
         stage_device=[f"gpu{s % p}" for s in range(stages)],
         microbatches=m,
         virtual_stages=v,
-        crossing=crossing,
+        routes=routes,
     )
 
 
@@ -203,8 +203,8 @@ def test_compute_order_rejects_empty_pipelines(module) -> None:
 # --- the builder -----------------------------------------------------------------------
 
 
-def test_messages_carry_the_crossing_tensors() -> None:
-    schedule = make("1f1b", 3, 2, crossing=[(("h", "ids"), ("h",)), (("y",), ())])
+def test_messages_carry_the_routed_tensors() -> None:
+    schedule = make("1f1b", 3, 2, routes=[(("h", "ids"), ("h",)), (("y",), ())])
     messages = [a for p in schedule.actions.values() for a in p if not a.is_compute]
     by_key: dict[tuple, list[Action]] = {}
     for a in messages:
@@ -246,16 +246,16 @@ def test_interleaved_messages_only_between_devices() -> None:
 
 
 def test_builder_validates_its_input() -> None:
-    crossing = [((), ())]
+    routes = [((), ())]
     with pytest.raises(ValueError, match="unknown schedule kind"):
-        build_schedule("pipedream", stage_device=["a", "b"], microbatches=2, crossing=crossing)
+        build_schedule("pipedream", stage_device=["a", "b"], microbatches=2, routes=routes)
     with pytest.raises(ValueError, match="1 boundaries"):
-        build_schedule("1f1b", stage_device=["a", "b"], microbatches=2, crossing=[])
+        build_schedule("1f1b", stage_device=["a", "b"], microbatches=2, routes=[])
     with pytest.raises(ValueError, match="distinct devices"):
-        build_schedule("1f1b", stage_device=["a", "a"], microbatches=2, crossing=crossing)
+        build_schedule("1f1b", stage_device=["a", "a"], microbatches=2, routes=routes)
     with pytest.raises(ValueError, match="virtual_stages must be 1"):
         build_schedule(
-            "zb", stage_device=["a", "b"], microbatches=2, virtual_stages=2, crossing=crossing
+            "zb", stage_device=["a", "b"], microbatches=2, virtual_stages=2, routes=routes
         )
     with pytest.raises(ValueError, match="must share the device of stage 0"):
         build_schedule(
@@ -263,7 +263,7 @@ def test_builder_validates_its_input() -> None:
             stage_device=["a", "b", "b", "a"],
             microbatches=2,
             virtual_stages=2,
-            crossing=crossing * 3,
+            routes=routes * 3,
         )
     with pytest.raises(ValueError, match="not a multiple of virtual_stages"):
         build_schedule(
@@ -271,10 +271,10 @@ def test_builder_validates_its_input() -> None:
             stage_device=["a", "b", "a"],
             microbatches=2,
             virtual_stages=2,
-            crossing=crossing * 2,
+            routes=routes * 2,
         )
     with pytest.raises(ValueError, match="not sent forward"):
-        build_schedule("1f1b", stage_device=["a", "b"], microbatches=2, crossing=[(("x",), ("y",))])
+        build_schedule("1f1b", stage_device=["a", "b"], microbatches=2, routes=[(("x",), ("y",))])
 
 
 def test_builder_rejects_inconsistent_orders() -> None:
@@ -286,12 +286,12 @@ def test_builder_rejects_inconsistent_orders() -> None:
     }
     with pytest.raises(ValueError, match="no device can progress"):
         schedule_from_orders(
-            "1f1b", orders, stage_device=["a", "b"], microbatches=2, crossing=[((), ())]
+            "1f1b", orders, stage_device=["a", "b"], microbatches=2, routes=[((), ())]
         )
     orders[1] = orders[1][:-1]
     with pytest.raises(ValueError, match="missing B1@1"):
         schedule_from_orders(
-            "1f1b", orders, stage_device=["a", "b"], microbatches=2, crossing=[((), ())]
+            "1f1b", orders, stage_device=["a", "b"], microbatches=2, routes=[((), ())]
         )
 
 

@@ -1,4 +1,4 @@
-"""planner.simulator and planner.timeline on hand-built schedules with closed-form answers."""
+"""planner.simulate.engine and planner.simulate.timeline on hand-built schedules with closed-form answers."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from cost.links import LOCAL_LINK, LinkSpec
 from planner.schedule.actions import Action, Schedule
-from planner.simulator import SimCosts, simulate
-from planner.timeline import chrome_trace, plot_timeline
+from planner.simulate.costs import SimCosts
+from planner.simulate.engine import simulate
+from planner.simulate.timeline import chrome_trace, plot_timeline
 
 FREE = LinkSpec(name="free", bandwidth_GBps=1e6, latency_us=0.0)
 

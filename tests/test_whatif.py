@@ -16,27 +16,22 @@ from hypothesis import strategies as st
 
 from cost.cluster import cluster_from_dict, load_cluster
 from cost.devices import catalog_device
+from cost.errors import DoesNotFitError, PipeplanError
 from cost.links import PRESETS
 from planner.api import plan_graph
 from planner.config import PlanConfig
-from planner.errors import DoesNotFitError, PipeplanError
-from planner.inspection import load_model
-from planner.plan_cache import PlanCache, plan_key
-from planner.scenarios import (
-    add_devices,
-    build_scenarios,
-    homogeneous_cluster,
-    replica_layouts,
-    with_link,
-)
-from planner.shapes import ShapeBindings
-from planner.whatif import allreduce_seconds, stage_gradient_bytes, whatif
+from planner.graph.inspect import load_model
+from planner.graph.shapes import ShapeBindings
+from planner.whatif.analysis import allreduce_seconds, stage_gradient_bytes, whatif
+from planner.whatif.cache import PlanCache, plan_key
+from planner.whatif.replicas import replica_layouts
+from planner.whatif.scenarios import add_devices, build_scenarios, homogeneous_cluster, with_link
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT = str(ROOT / "samples" / "models" / "gpt.onnx")
 MIXED = str(ROOT / "samples" / "clusters" / "mixed.yaml")
 A100 = catalog_device("A100-80GB")
-FAST = PlanConfig(strategy="dp")
+FAST = PlanConfig(strategy="pipedream")
 # The small GPT needs several of these at --batch 8 -m 2 (tests/test_plan.py).
 TINY = {"like": "A100-80GB", "memory_GB": 0.004}
 
@@ -185,7 +180,7 @@ def test_fits_on_n_then_fits_on_n_plus_one(cache):
     report = whatif(
         GPT,
         one_node([TINY | {"count": 2}]),
-        PlanConfig(microbatches=2, strategy="dp"),
+        PlanConfig(microbatches=2, strategy="pipedream"),
         ShapeBindings(batch=8),
         adds=["A100-80GB:1,2,3,4,5,6,7"],
         cache=cache,
@@ -237,8 +232,16 @@ def test_second_identical_whatif_is_served_from_the_cache(tmp_path):
     assert [r.model_dump() for r in second.rows] == [r.model_dump() for r in first.rows]
 
 
+def test_cache_keys_cover_the_planner_and_cost_model_source():
+    from planner.whatif.cache import code_fingerprint, fingerprinted_sources
+
+    names = {f"{p.parent.name}/{p.name}" for p in fingerprinted_sources()}
+    assert {"planner/api.py", "partition/objective.py", "ops/matmul.py", "cost/memory.py"} <= names
+    assert len(code_fingerprint()) == 16
+
+
 def test_cache_ignores_and_rewrites_a_corrupted_file_and_caches_does_not_fit(tmp_path):
-    bindings, config = ShapeBindings(batch=8), PlanConfig(microbatches=2, strategy="dp")
+    bindings, config = ShapeBindings(batch=8), PlanConfig(microbatches=2, strategy="pipedream")
     mg, lg = load_model(GPT, bindings)
     small = one_node([TINY | {"count": 2}])
     cache = PlanCache(tmp_path)
@@ -272,15 +275,8 @@ def test_cache_ignores_and_rewrites_a_corrupted_file_and_caches_does_not_fit(tmp
 
 
 def pipeplan(*args: str, cache_dir: Path) -> subprocess.CompletedProcess:
-    # Until planner/cli.py registers the command itself, register it here (idempotent).
-    code = (
-        "import planner.cli as c\n"
-        "from planner.whatif_cli import register\n"
-        "register(c.app)\n"
-        "c.main()\n"
-    )
     return subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, "-m", "runners.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -303,7 +299,7 @@ def test_cli_json_and_png(tmp_path):
         "--replace",
         "V100-32GB=H100-80GB",
         "--strategy",
-        "dp",
+        "pipedream",
         "--json",
         "--png",
         str(png),
@@ -324,7 +320,7 @@ def test_cli_json_and_png(tmp_path):
         "--batch",
         "16",
         "--strategy",
-        "dp",
+        "pipedream",
         cache_dir=tmp_path / "cache",
     )
     assert table.returncode == 0, table.stderr

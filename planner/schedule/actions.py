@@ -22,6 +22,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Op = Literal["F", "B", "W", "SEND", "RECV"]
+#: What a schedule module orders per device: (op, microbatch, stage), op F, B or W.
+ComputeOp = tuple[Literal["F", "B", "W"], int, int]
 Kind = Literal["gpipe", "1f1b", "interleaved", "zb"]
 
 
@@ -75,3 +77,11 @@ class Schedule(BaseModel):
             if d not in seen:
                 seen.append(d)
         return seen
+
+
+def check_sizes(stages: int, microbatches: int) -> None:
+    """Raise ValueError unless a pipeline has at least one stage and one micro-batch."""
+    if stages < 1:
+        raise ValueError(f"a pipeline needs at least 1 stage, got {stages}")
+    if microbatches < 1:
+        raise ValueError(f"a pipeline needs at least 1 micro-batch, got {microbatches}")

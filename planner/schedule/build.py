@@ -29,10 +29,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from planner.schedule import gpipe, interleaved, one_f_one_b, zero_bubble
-from planner.schedule.actions import Action, Kind, Schedule
-from planner.schedule.gpipe import ComputeOp
+from planner.schedule.actions import Action, ComputeOp, Kind, Schedule
 
-Crossing = tuple[tuple[str, ...], tuple[str, ...]]
+BoundaryRoutes = tuple[tuple[str, ...], tuple[str, ...]]
 KINDS: tuple[Kind, ...] = ("gpipe", "1f1b", "interleaved", "zb")
 
 
@@ -42,16 +41,16 @@ def build_schedule(
     stage_device: Sequence[str],
     microbatches: int,
     virtual_stages: int = 1,
-    crossing: Sequence[Crossing],
+    routes: Sequence[BoundaryRoutes],
 ) -> Schedule:
     """The full per-device programs of schedule `kind` for one iteration.
 
     `stage_device[s]` is the device id of (virtual) stage s. For `interleaved`, with p
     devices and v = `virtual_stages` chunks each, len(stage_device) = p * v and stage s
     must sit on the device of stage s mod p (Megatron-LM's placement); the other kinds
-    take one stage per device and `virtual_stages` = 1. `crossing[s]` = (names of the
+    take one stage per device and `virtual_stages` = 1. `routes[s]` = (names of the
     tensors sent forward over boundary s -> s + 1, names of the floating-point ones among
-    them whose gradients travel back s + 1 -> s); len(crossing) = stages - 1.
+    them whose gradients travel back s + 1 -> s); len(routes) = stages - 1.
 
     SEND/RECV actions carry those names in `tensors`, with `direction`, `peer_stage` and
     `microbatch`. A message with no tensors (say, no gradient flows back over a boundary)
@@ -94,7 +93,7 @@ def build_schedule(
         stage_device=stage_device,
         microbatches=microbatches,
         virtual_stages=virtual_stages,
-        crossing=crossing,
+        routes=routes,
         split_backward=kind == "zb",
     )
 
@@ -106,7 +105,7 @@ def schedule_from_orders(
     stage_device: Sequence[str],
     microbatches: int,
     virtual_stages: int = 1,
-    crossing: Sequence[Crossing],
+    routes: Sequence[BoundaryRoutes],
     split_backward: bool = False,
 ) -> Schedule:
     """Insert communication into given compute orders (see the module docstring).
@@ -119,7 +118,7 @@ def schedule_from_orders(
     stages = len(stage_device)
     m = microbatches
     devices = list(dict.fromkeys(stage_device))
-    _check_crossing(crossing, stages)
+    _check_routes(routes, stages)
     if sorted(orders) != list(range(len(devices))):
         raise ValueError(
             f"compute orders are keyed {sorted(orders)}, expected devices 0..{len(devices) - 1}"
@@ -181,7 +180,7 @@ def schedule_from_orders(
         message = consumed(a)
         if message is not None:
             direction, src, dst = message
-            names = crossing[min(src, dst)][0 if direction == "fwd" else 1]
+            names = routes[min(src, dst)][0 if direction == "fwd" else 1]
             common = dict(microbatch=a[1], direction=direction, tensors=tuple(names))
             programs[dev_index[src]].append(Action(op="SEND", stage=src, peer_stage=dst, **common))
             programs[d].append(Action(op="RECV", stage=dst, peer_stage=src, **common))
@@ -214,19 +213,19 @@ def _check_distinct(devices: Sequence[str], what: str) -> None:
         )
 
 
-def _check_crossing(crossing: Sequence[Crossing], stages: int) -> None:
-    if len(crossing) != stages - 1:
+def _check_routes(routes: Sequence[BoundaryRoutes], stages: int) -> None:
+    if len(routes) != stages - 1:
         raise ValueError(
-            f"crossing has {len(crossing)} entries; {stages} stages have {stages - 1} boundaries"
+            f"routes has {len(routes)} entries; {stages} stages have {stages - 1} boundaries"
         )
-    for s, entry in enumerate(crossing):
+    for s, entry in enumerate(routes):
         if len(entry) != 2:
-            raise ValueError(f"crossing[{s}] must be a pair (sent names, gradient names)")
+            raise ValueError(f"routes[{s}] must be a pair (sent names, gradient names)")
         sent, grads = entry
         extra = [g for g in grads if g not in sent]
         if extra:
             raise ValueError(
-                f"crossing[{s}]: gradients of {', '.join(extra)} travel back but "
+                f"routes[{s}]: gradients of {', '.join(extra)} travel back but "
                 f"{'it is' if len(extra) == 1 else 'they are'} not sent forward over boundary {s}"
             )
 

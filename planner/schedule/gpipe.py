@@ -7,9 +7,7 @@ their backwards in the same order; a stage holds the activations of all m micro-
 
 from __future__ import annotations
 
-from typing import Literal
-
-ComputeOp = tuple[Literal["F", "B", "W"], int, int]
+from planner.schedule.actions import ComputeOp, check_sizes
 
 
 def compute_order(stages: int, microbatches: int) -> dict[int, list[ComputeOp]]:
@@ -17,16 +15,9 @@ def compute_order(stages: int, microbatches: int) -> dict[int, list[ComputeOp]]:
 
     GPipe (Huang et al., NeurIPS 2019): F of micro-batches 0..m-1, then B of 0..m-1.
     """
-    _check_sizes(stages, microbatches)
+    check_sizes(stages, microbatches)
     return {
         i: [("F", mb, i) for mb in range(microbatches)]
         + [("B", mb, i) for mb in range(microbatches)]
         for i in range(stages)
     }
-
-
-def _check_sizes(stages: int, microbatches: int) -> None:
-    if stages < 1:
-        raise ValueError(f"a pipeline needs at least 1 stage, got {stages}")
-    if microbatches < 1:
-        raise ValueError(f"a pipeline needs at least 1 micro-batch, got {microbatches}")

@@ -24,7 +24,7 @@ efficient.
 
 from __future__ import annotations
 
-from planner.schedule.gpipe import ComputeOp, _check_sizes
+from planner.schedule.actions import ComputeOp, check_sizes
 
 
 def default_group_size(stages: int, microbatches: int) -> int:
@@ -61,7 +61,7 @@ def compute_order(
     `group_size` is Megatron's `microbatch_group_size_per_vp_stage` (default: p when p
     divides m, see `default_group_size`). Raises ValueError for an invalid group size.
     """
-    _check_sizes(stages, microbatches)
+    check_sizes(stages, microbatches)
     p, m, v = stages, microbatches, virtual_stages
     if v < 1:
         raise ValueError(f"interleaved 1F1B needs at least 1 chunk per device, got {v}")

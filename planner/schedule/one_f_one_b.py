@@ -9,7 +9,7 @@ backward not), against m for GPipe, at the same bubble (p - 1) / (m + p - 1).
 
 from __future__ import annotations
 
-from planner.schedule.gpipe import ComputeOp, _check_sizes
+from planner.schedule.actions import ComputeOp, check_sizes
 
 
 def compute_order(stages: int, microbatches: int) -> dict[int, list[ComputeOp]]:
@@ -18,7 +18,7 @@ def compute_order(stages: int, microbatches: int) -> dict[int, list[ComputeOp]]:
     PipeDream-Flush / 1F1B (Narayanan et al., ICML 2021): warm-up of min(p - i - 1, m)
     forwards, steady state F(k + warm-up), B(k), then the remaining backwards.
     """
-    _check_sizes(stages, microbatches)
+    check_sizes(stages, microbatches)
     p, m = stages, microbatches
     orders: dict[int, list[ComputeOp]] = {}
     for i in range(p):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from planner.schedule.gpipe import ComputeOp, _check_sizes
+from planner.schedule.actions import ComputeOp, check_sizes
 
 
 def compute_order(stages: int, microbatches: int) -> dict[int, list[ComputeOp]]:
@@ -30,7 +30,7 @@ def compute_order(stages: int, microbatches: int) -> dict[int, list[ComputeOp]]:
     the oldest pending W once k >= i; the remaining B's, likewise each followed by a W once
     k >= i; then the W's still pending.
     """
-    _check_sizes(stages, microbatches)
+    check_sizes(stages, microbatches)
     return {i: _stage_order(stages, microbatches, i) for i in range(stages)}
 
 

@@ -28,7 +28,7 @@ and large sizes weigh alike); `fit_line_relative` fits `t = a + b x`.
   latency_us, efficiency: 1.0}`; the quiet fit is in `fit.link.quiet`. The time `isend`
   holds its caller while both processes compute is fitted too
   (`send_blocking_us + bytes / send_blocking_GBps`): the simulator holds a sending device
-  that long (`planner.simulator`).
+  that long (`planner.simulate.engine`).
 * Optimizer step (`fit_optimizer`): `t = tensors * per_tensor + params * per_param` per
   optimizer: `optimizer: {adam: {per_tensor_us, per_param_ns}, ...}`, the step tail of
   every iteration (`cost.optimizer`).

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from planner.errors import PipeplanError
+from cost.errors import PipeplanError
 
 if TYPE_CHECKING:
     from runners.calibrate.timing import Sizes

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from planner.shapes import ShapeBindings
+from planner.graph.shapes import ShapeBindings
 from runners.calibrate.operators import whole_model_inputs
 
 USAGE = "usage: python -m runners.calibrate.load_child SPEC_JSON READY_FILE"
@@ -24,7 +24,7 @@ USAGE = "usage: python -m runners.calibrate.load_child SPEC_JSON READY_FILE"
 
 def main(argv: list[str]) -> int:
     """`argv`: SPEC_JSON READY_FILE. Loop the model until killed."""
-    from planner.graph import load_graph
+    from planner.graph.load import load_graph
     from runners.onnx_to_torch import convert
 
     spec, ready = json.loads(argv[0]), Path(argv[1])

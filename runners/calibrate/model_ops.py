@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cost.profile import OpTiming, Profile
-from planner.shapes import ShapeBindings
+from planner.graph.shapes import ShapeBindings
 from runners.calibrate.load import BackgroundLoad
 from runners.calibrate.operators import OpTimer, time_whole_model
 from runners.calibrate.probe import context_factors, replay_record, run_probe
@@ -75,7 +75,7 @@ class ModelOps:
         self.runs: list[tuple[ModelRequest, object, dict]] = []
 
     def plan_steps(self, requests: Sequence[ModelRequest]) -> list[tuple[str, Callable[[], None]]]:
-        from planner.graph import load_graph
+        from planner.graph.load import load_graph
 
         steps: list[tuple[str, Callable[[], None]]] = []
         for req in requests:

@@ -1,6 +1,6 @@
 """Operators of models, timed as the runner runs them.
 
-Every distinct operator (by `planner.graph.op_signature`) becomes a one-node ONNX model
+Every distinct operator (by `cost.signature.op_signature`) becomes a one-node ONNX model
 (`single_node_model`), converted with `runners.onnx_to_torch.convert(weights="random")` and
 timed (`OpTimer`): forward under autograd, then `torch.autograd.backward` to its inputs that
 carry a gradient and its parameters, with ready-made output gradients. The time of calling
@@ -25,7 +25,7 @@ OVERHEAD_REPEATS = 200
 
 
 def single_node_model(mg, node_name: str):
-    """A one-operator ONNX model of `node_name` of `mg` (a `planner.graph.ModelGraph`).
+    """A one-operator ONNX model of `node_name` of `mg` (a `planner.graph.load.ModelGraph`).
 
     Inputs that carry data (roles `g` and `n` of the signature) become graph inputs;
     parameters (`w`) initializers (random values; `convert(weights="random")` re-draws

@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from cost.profile import Profile, save_profile
-from planner.shapes import ShapeBindings
+from planner.graph.shapes import ShapeBindings
 
 #: Factors are clamped to this range: outside it the probe measured something else.
 FACTOR_RANGE = (0.25, 4.0)
@@ -180,7 +180,7 @@ def replay_record(probe: dict) -> dict:
 def _send_points(plan, stages: list[dict]) -> list[list[float]]:
     """[bytes, tensors, mean seconds] of each stage's SEND action (a message to one
     neighbour per micro-batch: a first stage sends forward, a last stage backward)."""
-    from planner.pipeline import messages
+    from planner.simulate.costs import messages
 
     routes = [
         (r.tensor, r.src_stage, r.dst_stage, r.bytes, r.dtype.startswith(("float", "bfloat")))
@@ -229,9 +229,9 @@ def replay_iteration(record: dict, link) -> float:
     """Seconds of one iteration of a probe (`replay_record`) in the simulator, with its
     measured stage times and every inter-device transfer over `link` (a `LinkSpec`)."""
     from cost.links import LOCAL_LINK
-    from planner.pipeline import make_costs
     from planner.schedule.actions import Schedule
-    from planner.simulator import simulate
+    from planner.simulate.costs import make_costs
+    from planner.simulate.engine import simulate
 
     n = len(record["stage_device"])
     costs = make_costs(

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
+from cost.errors import PipeplanError
 from cost.profile import Profile, ProfileDevice, ProfileLink
-from planner.errors import PipeplanError
 from runners.calibrate.fits import fit_device, fit_link, fit_optimizer
 from runners.calibrate.link import measure_link
 from runners.calibrate.microbench import microbenchmark_steps

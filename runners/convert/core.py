@@ -25,39 +25,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from cost.opcost import is_data_input
 from runners.convert import weights as W
 
 Value = fx.Node | torch.Tensor
-
-#: (op_type -> input indices) read as static values (shapes, axes, pads, scales...):
-#: a float initializer read only there stays a constant, not a parameter.
-STATIC_SLOTS: dict[str, set[int]] = {
-    "Reshape": {1},
-    "Squeeze": {1},
-    "Unsqueeze": {1},
-    "Split": {1},
-    "Slice": {1, 2, 3, 4},
-    "Pad": {1, 2, 3},
-    "Resize": {1, 2, 3},
-    "Upsample": {1},
-    "Tile": {1},
-    "Expand": {1},
-    "ConstantOfShape": {0},
-    "Range": {0, 1, 2},
-    "TopK": {1},
-    "CumSum": {1},
-    "Trilu": {1},
-    "Dropout": {1, 2},
-    "OneHot": {1, 2},
-    "Clip": {1, 2},
-    **{
-        f"Reduce{k}": {1}
-        for k in ("Sum", "Mean", "Max", "Min", "Prod", "L1", "L2", "LogSum", "LogSumExp")
-    },
-    "ReduceSumSquare": {1},
-}
-#: slots holding statistics, not trainable weights: such initializers become buffers
-BUFFER_SLOTS: dict[str, set[int]] = {"BatchNormalization": {3, 4}}
 
 
 def py_name(name: str, fallback: str = "v") -> str:
@@ -187,10 +158,8 @@ class Converter:
         inits = {t.name: t for t in self.model.graph.initializer}
         trainable: set[str] = set()
         for node in self.model.graph.node:
-            static = STATIC_SLOTS.get(node.op_type, set())
-            buffers = BUFFER_SLOTS.get(node.op_type, set())
             for i, name in enumerate(node.input):
-                if name in inits and i not in static and i not in buffers:
+                if name in inits and is_data_input(node.op_type, i):
                     trainable.add(name)
         for o in self.model.graph.output:
             if o.name in inits:
@@ -335,9 +304,6 @@ class NodeCtx:
             return self.conv.init_values[name].detach()
         return None
 
-    def is_const(self, i: int) -> bool:
-        return self.has(i) and isinstance(self.val(i), torch.Tensor)
-
     def ints_or_node(self, i: int) -> list[int] | fx.Node | None:
         """A static int list (shapes, axes, pads) if known now, else the run-time node."""
         c = self.const(i)
@@ -379,9 +345,6 @@ class NodeCtx:
     def rank(self, i: int) -> int | None:
         s = self.shape(i)
         return None if s is None else len(s)
-
-    def out_dtype(self, j: int = 0) -> torch.dtype | None:
-        return self.conv.info.get(self.node.output[j], (None, None))[0]
 
     def out_shape(self, j: int = 0) -> list[int | None] | None:
         return self.conv.info.get(self.node.output[j], (None, None))[1]

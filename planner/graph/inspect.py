@@ -1,0 +1,148 @@
+"""`inspect_model`: what a model is made of, layer by layer, before any planning."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, Field
+
+from cost.tensor import dtype_name
+from planner.config import DEFAULT_MAX_LAYER_SHARE
+from planner.graph.layers import LayerGraph, group_layers, load_layer_overrides
+from planner.graph.load import ModelGraph, load_graph
+from planner.graph.shapes import ShapeBindings
+
+
+class TensorSummary(BaseModel):
+    name: str
+    shape: list[int] | None
+    dtype: str
+    bytes: int
+
+
+class LayerSummary(BaseModel):
+    index: int
+    name: str
+    nodes: int = Field(description="number of working (non-folded) ONNX operators")
+    forward_flops: int = Field(description="forward FLOPs per micro-batch, 1 multiply-add = 2")
+    backward_flops: int
+    params: int = Field(
+        description="trainable parameters (shared weights counted in each layer that uses them)"
+    )
+    param_bytes: int
+    activation_bytes: int = Field(description="bytes saved for backward per micro-batch")
+    output_bytes: int = Field(description="bytes leaving the layer per micro-batch")
+    node_names: list[str]
+
+
+class InspectReport(BaseModel):
+    """`pipeplan inspect --json`: one object describing the model."""
+
+    model: str
+    graph_hash: str
+    producer: str
+    opset: int
+    nodes: int = Field(description="ONNX nodes in the graph, folded ones included")
+    working_nodes: int
+    folded_nodes: int = Field(description="shape-arithmetic and constant nodes, which cost nothing")
+    params: int = Field(description="trainable parameters, each shared weight counted once")
+    param_bytes: int
+    buffer_bytes: int = Field(
+        description="non-trainable state such as BatchNorm running statistics"
+    )
+    forward_flops: int
+    backward_flops: int
+    activation_bytes: int
+    has_weights: bool
+    symbols: dict[str, int]
+    inputs: list[TensorSummary]
+    outputs: list[TensorSummary]
+    layer_source: str
+    layers: list[LayerSummary]
+    warnings: list[str]
+
+
+def load_model(
+    model: str | os.PathLike[str],
+    bindings: ShapeBindings | None = None,
+    *,
+    layers_file: str | None = None,
+    layer_depth: int | None = None,
+    max_layer_share: float = DEFAULT_MAX_LAYER_SHARE,
+) -> tuple[ModelGraph, LayerGraph]:
+    """Load and group: the first step of every command."""
+    mg = load_graph(model, bindings)
+    overrides = load_layer_overrides(layers_file) if layers_file else None
+    lg = group_layers(mg, max_layer_share=max_layer_share, depth=layer_depth, overrides=overrides)
+    return mg, lg
+
+
+def _tensor_summary(mg: ModelGraph, name: str) -> TensorSummary:
+    info = mg.tensors.get(name)
+    if info is None or info.shape is None:
+        return TensorSummary(
+            name=name, shape=None, dtype=dtype_name(info.dtype) if info else "unknown", bytes=0
+        )
+    return TensorSummary(
+        name=name, shape=list(info.shape), dtype=info.dtype_name, bytes=info.nbytes
+    )
+
+
+def inspect_model(
+    model: str | os.PathLike[str],
+    bindings: ShapeBindings | None = None,
+    *,
+    layers_file: str | None = None,
+    layer_depth: int | None = None,
+    max_layer_share: float = DEFAULT_MAX_LAYER_SHARE,
+) -> InspectReport:
+    """Load `model`, price every operator, group layers, and summarise."""
+    mg, lg = load_model(
+        model,
+        bindings,
+        layers_file=layers_file,
+        layer_depth=layer_depth,
+        max_layer_share=max_layer_share,
+    )
+    return report_of(mg, lg)
+
+
+def report_of(mg: ModelGraph, lg: LayerGraph) -> InspectReport:
+    layers = [
+        LayerSummary(
+            index=layer.index,
+            name=layer.name,
+            nodes=len(layer.nodes),
+            forward_flops=layer.flops,
+            backward_flops=layer.backward_flops,
+            params=layer.param_count,
+            param_bytes=layer.param_bytes,
+            activation_bytes=layer.activation_bytes,
+            output_bytes=layer.output_bytes,
+            node_names=layer.nodes,
+        )
+        for layer in lg.layers
+    ]
+    folded = sum(1 for _, d in mg.graph.nodes(data=True) if d["folded"])
+    return InspectReport(
+        model=str(mg.path),
+        graph_hash=mg.graph_hash,
+        producer=mg.producer,
+        opset=mg.opset,
+        nodes=mg.graph.number_of_nodes(),
+        working_nodes=mg.graph.number_of_nodes() - folded,
+        folded_nodes=folded,
+        params=mg.param_count,
+        param_bytes=mg.param_bytes,
+        buffer_bytes=sum(p.nbytes for p in mg.params.values() if not p.trainable),
+        forward_flops=mg.forward_flops,
+        backward_flops=sum(layer.backward_flops for layer in lg.layers),
+        activation_bytes=sum(layer.activation_bytes for layer in lg.layers),
+        has_weights=mg.has_weights,
+        symbols=mg.symbols,
+        inputs=[_tensor_summary(mg, n) for n in mg.inputs],
+        outputs=[_tensor_summary(mg, n) for n in mg.outputs],
+        layer_source=lg.source,
+        layers=layers,
+        warnings=mg.warnings,
+    )

@@ -1,0 +1,249 @@
+"""The partitioning problem as plain numbers: what every strategy optimises over.
+
+`build_problem` prices each layer on each *device group* (devices of one node with
+identical specs, which are interchangeable: placing a stage on one or another of them
+gives the same cost) and lists the tensors that flow between layers. Strategies (ILP,
+baselines, exhaustive search in tests) all read this and are judged by
+`planner.partition.objective.evaluate`, so they are compared under one cost model.
+
+On a device with a calibration profile, an operator whose `signature` the profile holds
+costs its measured forward and backward time; the others the roofline with the profile's
+fitted figures (`cost.roofline`, `cost.profile`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from cost.cluster import Cluster
+from cost.devices import DeviceSpec
+from cost.errors import PipeplanError
+from cost.links import LOCAL_LINK, LinkSpec
+from cost.memory import bytes_per_param
+from cost.optimizer import optimizer_step_seconds
+from cost.roofline import backward_seconds, dtype_bytes_scale, forward_seconds, weight_grad_fraction
+from planner.config import PlanConfig
+from planner.graph.layers import LayerGraph
+from planner.graph.load import ModelGraph
+
+
+@dataclass(frozen=True)
+class DeviceGroup:
+    """Interchangeable devices: same node, same spec, no per-pair link overrides."""
+
+    index: int
+    node: str
+    spec: DeviceSpec
+    devices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One layer's per-micro-batch cost on each device group."""
+
+    index: int
+    name: str
+    forward_s: tuple[float, ...]  # per group
+    backward_s: tuple[float, ...]  # per group
+    weight_grad_s: tuple[float, ...]  # per group: the part of backward_s computing weight gradients
+    state_bytes: int  # weights + grads + optimizer state of parameters used by this layer only
+    buffer_bytes: int
+    activation_bytes: int  # saved for backward per micro-batch, at the plan's dtype
+    param_bytes: int  # bytes of the weights themselves (for the `params` baseline)
+    #: per group: the optimizer step over this layer's own parameters (once per iteration)
+    optimizer_s: tuple[float, ...] = ()
+
+    def compute_s(self, group: int, training: bool) -> float:
+        return self.forward_s[group] + (self.backward_s[group] if training else 0.0)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A tensor produced by one layer and consumed by later ones."""
+
+    tensor: str
+    producer: int
+    consumers: tuple[int, ...]
+    nbytes: int  # per micro-batch, at the plan's dtype
+    is_float: bool  # only floating-point tensors carry gradients back
+
+
+@dataclass(frozen=True)
+class SharedParam:
+    """A weight used by several layers (tied embeddings): held once per stage using it."""
+
+    name: str
+    layers: tuple[int, ...]
+    state_bytes: int
+    #: per group: the optimizer step over this weight (once per stage holding it)
+    optimizer_s: tuple[float, ...] = ()
+
+
+@dataclass
+class Problem:
+    layers: list[LayerCost]
+    edges: list[tuple[int, int]]
+    flows: list[Flow]
+    shared: list[SharedParam]
+    groups: list[DeviceGroup]
+    cluster: Cluster
+    config: PlanConfig
+    links: dict[tuple[int, int], LinkSpec] = field(default_factory=dict)
+
+    @property
+    def training(self) -> bool:
+        return self.config.training
+
+    @property
+    def num_devices(self) -> int:
+        return sum(len(g.devices) for g in self.groups)
+
+    @property
+    def max_stages(self) -> int:
+        return min(self.num_devices, len(self.layers))
+
+    def capacity(self, group: int) -> float:
+        return self.groups[group].spec.memory_bytes * (1.0 - self.config.memory_headroom)
+
+    def link(self, a: int, b: int) -> LinkSpec:
+        """The link between devices of two groups (a device to itself: free, as when
+        interleaved chunks meet on one device)."""
+        if (a, b) not in self.links and a == b:
+            return LOCAL_LINK
+        return self.links[(a, b)]
+
+    @cached_property
+    def group_of_device(self) -> dict[str, int]:
+        return {d: g.index for g in self.groups for d in g.devices}
+
+    @cached_property
+    def is_chain(self) -> bool:
+        """Layers form a chain: every edge links consecutive layers."""
+        return all(v == u + 1 for u, v in self.edges)
+
+
+def device_groups(cluster: Cluster) -> list[DeviceGroup]:
+    """Group interchangeable devices; a device named in a link override stands alone."""
+    overridden = {d for o in cluster.overrides for d in o.between}
+    groups: list[DeviceGroup] = []
+    buckets: dict[tuple, list[str]] = {}
+    order: list[tuple] = []
+    for dev in cluster.device_ids():
+        node = cluster.node_of(dev)
+        spec = cluster.device(dev)
+        key = (node, spec.model_dump_json()) if dev not in overridden else (node, dev)
+        if key not in buckets:
+            buckets[key] = []
+            order.append(key)
+        buckets[key].append(dev)
+    for i, key in enumerate(order):
+        devs = buckets[key]
+        groups.append(
+            DeviceGroup(i, cluster.node_of(devs[0]), cluster.device(devs[0]), tuple(devs))
+        )
+    return groups
+
+
+def build_problem(mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: PlanConfig) -> Problem:
+    """Price every layer on every device group; list inter-layer tensor flows."""
+    if cluster.num_devices < 1:
+        raise PipeplanError("the cluster has no devices")
+    groups = device_groups(cluster)
+    dtype = config.dtype
+    scale = dtype_bytes_scale(dtype)
+    per_param = bytes_per_param(dtype, config.optimizer, training=config.training)
+    param_layers: dict[str, list[int]] = {}
+    for layer in lg.layers:
+        for p in layer.params:
+            param_layers.setdefault(p, []).append(layer.index)
+    shared_names = {p for p, ls in param_layers.items() if len(ls) > 1}
+    layers = []
+    for layer in lg.layers:
+        # (cost, signature) per node: a profiled device's measured times win (cost.roofline)
+        costs = [(mg.cost(n), mg.graph.nodes[n].get("signature")) for n in layer.nodes]
+        fwd = tuple(sum(forward_seconds(c, g.spec, dtype, sig) for c, sig in costs) for g in groups)
+        bwd = tuple(
+            sum(backward_seconds(c, g.spec, dtype, sig) for c, sig in costs) for g in groups
+        )
+        wgrad = tuple(
+            sum(
+                backward_seconds(c, g.spec, dtype, sig) * weight_grad_fraction(c)
+                for c, sig in costs
+            )
+            for g in groups
+        )
+        own = [mg.params[p] for p in layer.params if p not in shared_names]
+        state = sum(p.numel * per_param for p in own if p.trainable)
+        trainable = [p for p in own if p.trainable]
+        step = (
+            tuple(
+                optimizer_step_seconds(
+                    g.spec, sum(p.numel for p in trainable), len(trainable), config.optimizer
+                )
+                for g in groups
+            )
+            if config.training
+            else ()
+        )
+        layers.append(
+            LayerCost(
+                index=layer.index,
+                name=layer.name,
+                forward_s=fwd,
+                backward_s=bwd,
+                weight_grad_s=wgrad,
+                state_bytes=int(state),
+                buffer_bytes=int(sum(p.nbytes for p in own if not p.trainable) * scale),
+                activation_bytes=int(layer.activation_bytes * scale),
+                param_bytes=layer.param_bytes,
+                optimizer_s=step,
+            )
+        )
+    shared = []
+    for name in sorted(shared_names):
+        p = mg.params[name]
+        state = p.numel * per_param if p.trainable else p.nbytes * scale
+        step = (
+            tuple(optimizer_step_seconds(g.spec, p.numel, 1, config.optimizer) for g in groups)
+            if config.training and p.trainable
+            else ()
+        )
+        shared.append(SharedParam(name, tuple(param_layers[name]), int(state), step))
+    flows: dict[str, Flow] = {}
+    consumers: dict[str, set[int]] = {}
+    producers: dict[str, int] = {}
+    for u, v, data in lg.dag.edges(data=True):
+        for tensor in data["tensors"]:
+            producers[tensor] = u
+            consumers.setdefault(tensor, set()).add(v)
+    for tensor, cons in consumers.items():
+        info = mg.tensors.get(tensor)
+        nbytes = info.nbytes if info is not None else 0
+        is_float = bool(info is not None and info.is_float)
+        flows[tensor] = Flow(
+            tensor,
+            producers[tensor],
+            tuple(sorted(cons)),
+            int(nbytes * scale) if is_float else nbytes,
+            is_float,
+        )
+    links = {}
+    for a in groups:
+        for b in groups:
+            if a.index == b.index:
+                if len(a.devices) >= 2:
+                    links[(a.index, b.index)] = cluster.link_between(a.devices[0], a.devices[1])
+            else:
+                links[(a.index, b.index)] = cluster.link_between(a.devices[0], b.devices[0])
+    edges = sorted(lg.dag.edges())
+    return Problem(
+        layers,
+        edges,
+        sorted(flows.values(), key=lambda f: (f.producer, f.tensor)),
+        shared,
+        groups,
+        cluster,
+        config,
+        links,
+    )

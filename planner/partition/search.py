@@ -1,0 +1,112 @@
+"""Find the split: every baseline, then the exact ILP warm-started from the best of them.
+
+All strategies are priced by one cost model (`planner.partition.objective.evaluate`), so
+their figures compare. With `strategy: ilp` the MILP (`planner.partition.ilp`) starts
+from the best baseline that fits; when the solver fails outright, the best baseline is
+returned (`baseline_fallback`). A split that cannot fit raises `DoesNotFitError` with the
+shortfall and the fewest devices that would fit (`planner.partition.memory_fit`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cost.errors import PipeplanError
+from planner.partition.baselines import BASELINES
+from planner.partition.ilp.solve import solve_ilp
+from planner.partition.memory_fit import explain_does_not_fit
+from planner.partition.objective import Assignment, Evaluation, check_assignment, evaluate
+from planner.partition.problem import Problem
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One strategy's split and its price."""
+
+    strategy: str
+    assignment: Assignment
+    evaluation: Evaluation
+
+
+@dataclass(frozen=True)
+class Split:
+    """The chosen split, how it was found, and every baseline beside it."""
+
+    assignment: Assignment
+    evaluation: Evaluation
+    strategy: str
+    backend: str = "none"
+    #: optimal, near_optimal, time_limit, heuristic (a baseline asked for), baseline_fallback
+    status: str = "heuristic"
+    bound: float | None = None
+    gap: float | None = None
+    seconds: float = 0.0
+    build_seconds: float = 0.0
+    variables: int = 0
+    constraints: int = 0
+    warm_start: str | None = None
+    baselines: tuple[Candidate, ...] = ()
+
+
+def baselines(problem: Problem) -> list[Candidate]:
+    """Every baseline's split, checked and priced."""
+    out = []
+    for name, baseline in BASELINES.items():
+        a = baseline(problem)
+        check_assignment(problem, a)
+        out.append(Candidate(name, a, evaluate(problem, a)))
+    return out
+
+
+def find_split(problem: Problem) -> Split:
+    """The split of `problem.config.strategy` (module docstring)."""
+    rows = baselines(problem)
+    fitting = [c for c in rows if c.evaluation.fits]
+    best = min(fitting, key=lambda c: c.evaluation.objective, default=None)
+    strategy = problem.config.strategy
+    if strategy != "ilp":
+        chosen = next(c for c in rows if c.strategy == strategy)
+        if not chosen.evaluation.fits:
+            raise explain_does_not_fit(problem, chosen.evaluation, strategy=strategy)
+        return Split(chosen.assignment, chosen.evaluation, strategy, baselines=tuple(rows))
+    result = solve_ilp(
+        problem,
+        warm=best.assignment if best else None,
+        alternatives=[c.assignment for c in fitting],
+    )
+    if result.assignment is None:
+        if result.solve.status == "infeasible":
+            worst = min((c.evaluation for c in rows), key=_deficit)
+            raise explain_does_not_fit(problem, worst, strategy="ilp")
+        if best is None:
+            raise PipeplanError(
+                f"the ILP solver failed ({result.solve.backend}: {result.solve.status}) "
+                "and no baseline fits"
+            )
+        a, ev, status = best.assignment, best.evaluation, "baseline_fallback"
+    else:
+        a = result.assignment
+        check_assignment(problem, a)
+        ev = evaluate(problem, a)
+        status = result.solve.status
+    bound = max(b for b in (result.solve.bound, result.lower_bound) if b is not None)
+    gap = max(0.0, (ev.objective - bound) / ev.objective) if ev.objective > 0 else 0.0
+    return Split(
+        a,
+        ev,
+        "ilp",
+        backend=result.solve.backend,
+        status=status,
+        bound=bound,
+        gap=gap,
+        seconds=result.solve.seconds,
+        build_seconds=result.build_seconds,
+        variables=result.variables,
+        constraints=result.constraints,
+        warm_start=best.strategy if best else None,
+        baselines=tuple(rows),
+    )
+
+
+def _deficit(ev: Evaluation) -> float:
+    return max(s.memory_bytes - s.capacity_bytes for s in ev.stages)

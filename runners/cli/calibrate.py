@@ -1,0 +1,145 @@
+"""`pipeplan calibrate`: measure this machine and write a calibration profile.
+
+torch is imported inside the command only (`runners.calibrate`), so `pipeplan --help` and
+every planning command stay torch-free.
+"""
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from runners.cli.common import guarded
+from runners.cli.options import BatchOpt, DimOpt, InputShapeOpt, bindings
+
+
+@guarded
+def calibrate(
+    output: Annotated[str, typer.Option("-o", "--output", help="Write PROFILE.yaml here.")],
+    device: Annotated[str, typer.Option("--device", help="cpu, or cuda (the first GPU).")] = "cpu",
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="Also time every distinct operator of this ONNX model (repeatable; "
+            "the shape options apply to each).",
+        ),
+    ] = None,
+    dim: DimOpt = None,
+    batch: BatchOpt = None,
+    input_shape: InputShapeOpt = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small sizes, few repeats: seconds, for tests.")
+    ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="torch threads (default: torch's current count, which follows OMP_NUM_THREADS).",
+        ),
+    ] = None,
+    peak_tflops: Annotated[
+        float | None,
+        typer.Option(
+            "--peak-tflops",
+            help="Vendor fp32 peak, TFLOP/s: compute_efficiency becomes measured / peak "
+            "(default: efficiency fixed at 0.9).",
+        ),
+    ] = None,
+    extend: Annotated[
+        str | None,
+        typer.Option(
+            "--extend",
+            help="Start from this profile: keep its figures and operators, time only the "
+            "models' operators it lacks.",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            "--concurrency",
+            help="Time the models' operators while N-1 other processes run the same model "
+            "(the host's other devices busy, as in a pipeline run of N processes on it).",
+        ),
+    ] = 1,
+    pipeline: Annotated[
+        int,
+        typer.Option(
+            "--pipeline",
+            help="Also run each model as a pipeline of N local processes (plan, export, "
+            "run) and scale its operators to the stage times measured there (0: off).",
+        ),
+    ] = 0,
+    no_link: Annotated[
+        bool, typer.Option("--no-link", help="Skip the two-process link ping-pong.")
+    ] = False,
+    no_context: Annotated[
+        bool,
+        typer.Option(
+            "--no-context",
+            help="Keep isolated operator times (no whole-model context correction).",
+        ),
+    ] = False,
+    note: Annotated[str, typer.Option("--note", help="Free text stored in the profile.")] = "",
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the profile as JSON instead of a summary.")
+    ] = False,
+) -> None:
+    """Measure this machine with torch (GEMM, elementwise, convolution, launch, a
+    two-process link, and optionally every operator of a model); write a profile that a
+    cluster file uses as a device: `devices: [{profile: PROFILE.yaml, count: 2}]`."""
+    from cost.errors import PipeplanError
+
+    out = Path(output)
+    if not out.parent.exists():
+        raise PipeplanError(f"output folder does not exist: {out.parent}")
+    if model is None and (dim or batch is not None or input_shape):
+        raise PipeplanError("shape options (--batch, --dim, --input-shape) need --model")
+    shapes = bindings(dim, batch, input_shape)
+    from cost.profile import load_profile, save_profile
+
+    base = load_profile(extend) if extend else None
+    from runners.calibrate import ModelRequest
+    from runners.calibrate import calibrate as run_calibrate
+
+    requests = [ModelRequest(m, shapes) for m in model or []]
+    from runners.cli.progress import ProgressBar
+
+    with ProgressBar("measuring", elapsed=True) as update:
+        profile = run_calibrate(
+            device,
+            requests,
+            quick=quick,
+            threads=threads,
+            peak_tflops=peak_tflops,
+            link=not no_link,
+            context=not no_context,
+            concurrency=concurrency,
+            pipeline=pipeline,
+            extend=base,
+            progress=lambda what, done, total: update(done, total, what),
+            note=note,
+        )
+    save_profile(profile, out, header=_header(profile, quick))
+    for failure in profile.fit.get("op_failures", []):
+        print(f"warning: not timed (roofline used): {failure}", file=sys.stderr)
+    if json_out:
+        print(profile.model_dump_json(indent=2))
+        return
+    from runners.cli.render import print_profile
+
+    print_profile(profile, out)
+
+
+def _header(profile, quick: bool) -> str:
+    machine = profile.machine
+    where = machine.get("gpu") or machine.get("cpu_model") or "this machine"
+    lines = [
+        f"pipeplan calibration profile, measured on {where} "
+        f"({machine.get('cpus', '?')} CPUs), {profile.threads} thread(s), torch {profile.torch_version}.",
+        "Use it in a cluster file: devices: [{profile: THIS_FILE, count: N}], link: {profile: THIS_FILE}.",
+    ]
+    if quick:
+        lines.append("QUICK calibration (small sizes, few repeats): for tests, not for planning.")
+    return "\n".join(lines)
