@@ -37,7 +37,12 @@ def min_max_partition(weights: Sequence[float], k: int) -> list[int]:
     n = len(weights)
     k = max(1, min(k, n))
     prefix = list(itertools.accumulate(weights, initial=0.0))
-    candidates = sorted({prefix[j] - prefix[i] for i in range(n) for j in range(i + 1, n + 1)})
+    top = max(weights)
+    # Part sums are differences of rounded prefix sums: the part holding the largest weight
+    # alone can come out an ulp below that weight, so the weight itself is a candidate.
+    candidates = sorted(
+        {prefix[j] - prefix[i] for i in range(n) for j in range(i + 1, n + 1)} | {top}
+    )
 
     def cuts_for(limit: float) -> list[int] | None:
         cuts, start = [], 0
@@ -49,7 +54,7 @@ def min_max_partition(weights: Sequence[float], k: int) -> list[int]:
                 start = i
         return cuts if len(cuts) + 1 <= k else None
 
-    lo = bisect.bisect_left(candidates, max(weights))
+    lo = bisect.bisect_left(candidates, top)
     hi = len(candidates) - 1
     while lo < hi:
         mid = (lo + hi) // 2
