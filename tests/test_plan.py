@@ -223,14 +223,25 @@ def test_cli_plan_writes_plan_and_schema(tmp_path):
     assert schema.returncode == 0 and "StagePlan" in schema.stdout
 
 
-def test_cli_deprecated_strategy_name_warns_and_works(tmp_path):
-    out = tmp_path / "plan.json"
+@pytest.mark.parametrize("solver", ["highs", "cbc"])
+def test_cli_plan_json_is_only_json(solver):
+    # HiGHS writes a banner to the process's stdout (file descriptor 1) when its first
+    # model is made: `plan --json` must still print one JSON document and nothing else.
     r = run_cli(
-        "plan", sample("mlp"), "--cluster", cluster("mixed"), "--batch", "8", "-o", str(out),
+        "plan", sample("mlp"), "--cluster", cluster("mixed"), "--batch", "8", "--json",
+        "--solver", solver,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert Plan.model_validate_json(r.stdout).solver.backend == solver
+
+
+def test_cli_deprecated_strategy_name_warns_and_works():
+    r = run_cli(
+        "plan", sample("mlp"), "--cluster", cluster("mixed"), "--batch", "8", "--json",
         "--strategy", "dp",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert Plan.model_validate_json(out.read_text()).solver.strategy == "pipedream"
+    assert Plan.model_validate_json(r.stdout).solver.strategy == "pipedream"
     assert "warning: strategy 'dp' is deprecated: use 'pipedream'" in r.stderr
 
 

@@ -9,7 +9,10 @@ falls back to CBC when HiGHS fails.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -56,6 +59,27 @@ class WarmHiGHS(pulp.HiGHS):
         self.model_status = lp.solverModel.getModelStatus()
 
 
+@contextlib.contextmanager
+def _native_stdout_silenced():
+    """Send what native code writes to file descriptor 1 to /dev/null meanwhile: HiGHS
+    prints its banner there when the first `Highs` object is made, whatever its options,
+    which would corrupt `pipeplan plan --json` on stdout."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no real stdout (embedded, closed): nothing to guard
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 def solve(
     problem: pulp.LpProblem, *, backend: str = "highs", time_limit: float = 30.0, gap: float = 1e-6
 ) -> SolveResult:
@@ -72,7 +96,8 @@ def solve(
                 solver = WarmHiGHS(
                     msg=False, timeLimit=time_limit, gapRel=gap, threads=1, presolve="off"
                 )
-                problem.solve(solver)
+                with _native_stdout_silenced():
+                    problem.solve(solver)
                 import highspy
 
                 status_map = {
