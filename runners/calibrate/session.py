@@ -158,7 +158,7 @@ class _Calibration:
             machine=self.machine,
             threads=self.threads,
             torch_version=torch.__version__,
-            created=datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
+            created=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
             note=self.note,
         )
 
