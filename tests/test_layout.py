@@ -2,8 +2,8 @@
 
 Layers, each importing only those below it: `cost` < `planner` < `exporters` < `runners`
 (`runners.cli`, the command line, is the one place that imports everything, and it sits
-in the top layer). Inside `planner` the data path is layered too: graph -> partition ->
-schedule -> simulate -> assemble/api -> whatif. Every `import` and `from ... import`
+in the top layer). Inside `planner` the data path is layered too (`PLANNER_PATH`): graph ->
+partition -> schedule -> plan file -> simulate -> assemble -> api -> whatif. Every `import` and `from ... import`
 statement is read from the source (AST), function-level imports included, so a lazy
 import cannot hide a back-edge.
 """
@@ -20,47 +20,25 @@ PACKAGES = ("cost", "planner", "exporters", "runners")
 MAX_MODULE_LINES = 800
 MAX_FUNCTION_LINES = 120
 
+#: The planner's data path, in order: each group may import `cost` and the groups before it.
+PLANNER_PATH = (
+    "planner.fmt",
+    "planner.config",
+    "planner.graph",
+    "planner.partition",
+    "planner.schedule",
+    "planner.plan_file",
+    "planner.simulate",
+    "planner.assemble",
+    "planner.api",
+    "planner.whatif",
+)
+
 #: group -> the groups it may import (itself always allowed). A module's group is the
 #: longest key that prefixes its dotted name.
 ALLOWED: dict[str, set[str]] = {
     "cost": set(),
-    "planner.fmt": set(),
-    "planner.config": {"cost"},
-    "planner.graph": {"cost", "planner.config", "planner.fmt"},
-    "planner.partition": {"cost", "planner.config", "planner.fmt", "planner.graph"},
-    "planner.schedule": {"cost"},
-    "planner.plan_file": {"cost", "planner.config", "planner.graph", "planner.schedule"},
-    "planner.simulate": {
-        "cost",
-        "planner.config",
-        "planner.fmt",
-        "planner.graph",
-        "planner.partition",
-        "planner.schedule",
-        "planner.plan_file",
-    },
-    "planner.assemble": {
-        "cost",
-        "planner.config",
-        "planner.fmt",
-        "planner.graph",
-        "planner.partition",
-        "planner.schedule",
-        "planner.plan_file",
-        "planner.simulate",
-    },
-    "planner.api": {
-        "cost",
-        "planner.config",
-        "planner.fmt",
-        "planner.graph",
-        "planner.partition",
-        "planner.schedule",
-        "planner.plan_file",
-        "planner.simulate",
-        "planner.assemble",
-    },
-    "planner.whatif": {"cost", "planner"},
+    **{group: {"cost", *PLANNER_PATH[:i]} for i, group in enumerate(PLANNER_PATH)},
     "planner": {"cost"},  # planner/__init__.py (its exports are lazy, by name)
     "exporters": {"cost", "planner"},
     "runners": {"cost", "planner", "exporters"},

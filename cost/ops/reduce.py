@@ -79,9 +79,10 @@ def arg_reduce_cost(node: OpNode) -> OpCost:
     )
 
 
-def cumsum_cost(node: OpNode) -> OpCost:
-    """CumSum: one add per element; backward is a reversed cumulative sum (one add per
-    element), nothing saved."""
+def once_per_element_cost(node: OpNode) -> OpCost:
+    """One FLOP per output element, forward and backward, nothing saved: CumSum (an add;
+    backward is the reversed cumulative sum) and Trilu (a masked copy, one select;
+    backward masks the gradient the same way)."""
     n, est = _output_numel(node)
     return OpCost(
         flops=n,
@@ -114,26 +115,12 @@ def topk_cost(node: OpNode) -> OpCost:
     )
 
 
-def trilu_cost(node: OpNode) -> OpCost:
-    """Trilu: a masked copy (one select per element: 1 FLOP); backward masks the
-    gradient the same way."""
-    n, est = _output_numel(node)
-    return OpCost(
-        flops=n,
-        bytes_read=_inputs_bytes(node),
-        bytes_written=_outputs_bytes(node),
-        backward_flops=n if needs_grad(node, 0) else 0,
-        kind="memory",
-        estimated=est or _bytes_estimated(node),
-    )
-
-
 #: This module's part of `cost.ops.OP_COSTS`.
 COSTS: dict[str, Formula] = {
     **{op: reduce_cost for op in REDUCE},
     "ArgMax": arg_reduce_cost,
     "ArgMin": arg_reduce_cost,
-    "CumSum": cumsum_cost,
+    "CumSum": once_per_element_cost,
     "TopK": topk_cost,
-    "Trilu": trilu_cost,
+    "Trilu": once_per_element_cost,
 }

@@ -96,11 +96,10 @@ def fingerprinted_sources() -> list[Path]:
     """The source files whose content keys cached plans: every module of `planner` and
     `cost`, in a stable order."""
     import cost
-    import planner
 
-    return sorted(
-        path for package in (planner, cost) for path in Path(package.__file__).parent.rglob("*.py")
-    )
+    planner_dir = Path(__file__).resolve().parents[1]  # planner/whatif/cache.py -> planner/
+    cost_dir = Path(cost.__file__).resolve().parent
+    return sorted(path for folder in (planner_dir, cost_dir) for path in folder.rglob("*.py"))
 
 
 @functools.cache
