@@ -93,8 +93,16 @@ def solve(
                 # presolve off: on small instances of this model HiGHS 1.15's presolve was
                 # seen to prune the optimum and still report "optimal" (found by the
                 # exhaustive-search tests); without it results match exhaustive search.
+                # MIP feasibility 1e-9, not 1e-6: a binary at 1 - 1e-6 leaves a big-M row
+                # slack by 1e-6 of the costliest layer (times are scaled to it), and the
+                # objective then disagrees with the cost model (seen: 2e-6 relative).
                 solver = WarmHiGHS(
-                    msg=False, timeLimit=time_limit, gapRel=gap, threads=1, presolve="off"
+                    msg=False,
+                    timeLimit=time_limit,
+                    gapRel=gap,
+                    threads=1,
+                    presolve="off",
+                    mip_feasibility_tolerance=1e-9,
                 )
                 with _native_stdout_silenced():
                     problem.solve(solver)
