@@ -58,7 +58,7 @@ def export(
         raise PipeplanError(f"output folder exists: {target} (pass --force to replace it)")
     if not target.parent.exists():
         raise PipeplanError(f"output folder's parent does not exist: {target.parent}")
-    mg = load_graph(model, plan_bindings(plan))
+    mg = load_graph(model, plan_bindings(plan), keep_merged_weights=plan.model.keep_merged_weights)
     if mg.graph_hash != plan.model.graph_hash:
         raise PipeplanError(
             f"the plan was made for another graph (plan hash {plan.model.graph_hash}, model {mg.graph_hash})"
@@ -186,7 +186,7 @@ def _check(path: Path, proto: onnx.ModelProto, weights_present: bool) -> None:
                     if e.key == "location":
                         (Path(scratch) / e.value).touch()
             onnx.checker.check_model(str(copy), full_check=True)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise PipeplanError(
             f"stage model {path.name} fails the ONNX checker: {str(exc).splitlines()[0]}"
         ) from None

@@ -3,7 +3,8 @@
 A stage model holds the plan's operators for that stage plus what they need that is
 static: Constant nodes are copied, folded shape arithmetic is replaced by its value
 (an initializer: shapes are bound per micro-batch, so a stage model has fixed shapes),
-or, where the value is unknown, the folded subgraph itself is copied. Its inputs are the
+or, where the value is unknown, the folded subgraph itself is copied; so are the nodes
+that compute a weight from parameters (`Transpose(W)`), in every stage that reads it. Its inputs are the
 graph inputs it reads and the tensors routed to it; its outputs are the graph outputs it
 writes and the tensors it sends on. It keeps exactly the initializers it uses.
 """
@@ -16,7 +17,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from cost.errors import PipeplanError
-from planner.graph.load import ModelGraph, unique_node_names
+from planner.graph.load import ModelGraph
+from planner.graph.onnx_io import TORCH_INPUT_KIND, torch_input_kinds, unique_node_names
 from planner.plan_file import Plan
 
 
@@ -43,7 +45,9 @@ def cut_stages(mg: ModelGraph, plan: Plan) -> list[StageGraph]:
         for out in node.output:
             if out:
                 producer[out] = name
-    folded = {n for n, d in mg.graph.nodes(data=True) if d["folded"]}
+    # static producers: shape arithmetic (baked into values where known) and weight
+    # computations (copied into every stage that reads them: a weight is never routed)
+    folded = {n for n, d in mg.graph.nodes(data=True) if d["folded"] or d["weight_derived"]}
     initializers = {t.name: t for t in source.initializer}
     graph_inputs = set(mg.inputs)
     received: dict[int, set[str]] = {}
@@ -117,8 +121,8 @@ def _cut_one(
                 need_static(inp)
             else:
                 raise PipeplanError(
-                    f"stage {index}: shape arithmetic needs '{inp}', which is neither "
-                    "computed in the stage nor routed to it"
+                    f"stage {index}: shape arithmetic or a weight computation needs '{inp}', "
+                    "which is neither computed in the stage nor routed to it"
                 )
         included.append(node_name)
         included_set.add(node_name)
@@ -190,6 +194,15 @@ def stage_model(
             if t in mg.tensors and mg.tensors[t].shape is not None
         ],
     )
+    kinds = torch_input_kinds(src.graph)
+    for (
+        t
+    ) in initializers:  # keep torch.export's word on buffers and constants (the runner reads it)
+        if t.name in kinds:
+            vi = helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+            entry = vi.metadata_props.add()
+            entry.key, entry.value = TORCH_INPUT_KIND, kinds[t.name]
+            graph.value_info.append(vi)
     model = helper.make_model(graph, opset_imports=list(src.opset_import), producer_name="pipeplan")
     model.ir_version = src.ir_version
     used_functions = {(n.domain, n.op_type) for n in stage.nodes}

@@ -36,15 +36,24 @@ def plan(
     *,
     layers_file: str | None = None,
     layer_depth: int | None = None,
+    keep_merged_weights: bool = False,
 ) -> Plan:
     """Partition `model` over `cluster`: the best plan under the cost model, explained.
 
-    Raises `PipeplanError` for bad input and `DoesNotFitError` when no split fits memory.
+    `keep_merged_weights`: keep the weights the exporter merged with equal ones as shared
+    (`planner.graph.aliases`; default: separate them). Raises `PipeplanError` for bad
+    input and `DoesNotFitError` when no split fits memory.
     """
     config = config or PlanConfig()
     if not isinstance(cluster, Cluster):
         cluster = load_cluster(cluster)
-    mg, lg = load_model(model, bindings, layers_file=layers_file, layer_depth=layer_depth)
+    mg, lg = load_model(
+        model,
+        bindings,
+        layers_file=layers_file,
+        layer_depth=layer_depth,
+        keep_merged_weights=keep_merged_weights,
+    )
     return plan_graph(mg, lg, cluster, config, bindings or ShapeBindings())
 
 

@@ -254,6 +254,8 @@ def model_info(mg: ModelGraph) -> ModelInfo:
         params=mg.param_count,
         param_bytes=mg.param_bytes,
         has_weights=mg.has_weights,
+        merged_weights=len(mg.aliases.merges),
+        keep_merged_weights=not mg.aliases.separated,
     )
 
 

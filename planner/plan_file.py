@@ -40,6 +40,12 @@ class ModelInfo(BaseModel):
     params: int
     param_bytes: int
     has_weights: bool
+    merged_weights: int = Field(0, description="weights the exporter had merged with equal ones")
+    keep_merged_weights: bool = Field(
+        False,
+        description="true: those merges were kept as shared weights (--keep-merged-weights); "
+        "false: separated into their own parameters (export does the same)",
+    )
 
 
 class StagePlan(BaseModel):

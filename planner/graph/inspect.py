@@ -45,6 +45,20 @@ class InspectReport(BaseModel):
     nodes: int = Field(description="ONNX nodes in the graph, folded ones included")
     working_nodes: int
     folded_nodes: int = Field(description="shape-arithmetic and constant nodes, which cost nothing")
+    weight_nodes: int = Field(
+        0,
+        description="nodes computing a weight from parameters alone (Transpose(W), Cast(W)): "
+        "placed with each stage that reads them, never routed",
+    )
+    merged_weights: int = Field(
+        0, description="weights the exporter had merged with an equal one (found)"
+    )
+    merged_weights_separated: bool = Field(
+        True, description="whether they were separated into their own parameters"
+    )
+    shared_weights: int = Field(
+        0, description="weights read by several layers after separation (true ties)"
+    )
     params: int = Field(description="trainable parameters, each shared weight counted once")
     param_bytes: int
     buffer_bytes: int = Field(
@@ -69,9 +83,10 @@ def load_model(
     layers_file: str | None = None,
     layer_depth: int | None = None,
     max_layer_share: float = DEFAULT_MAX_LAYER_SHARE,
+    keep_merged_weights: bool = False,
 ) -> tuple[ModelGraph, LayerGraph]:
     """Load and group: the first step of every command."""
-    mg = load_graph(model, bindings)
+    mg = load_graph(model, bindings, keep_merged_weights=keep_merged_weights)
     overrides = load_layer_overrides(layers_file) if layers_file else None
     lg = group_layers(mg, max_layer_share=max_layer_share, depth=layer_depth, overrides=overrides)
     return mg, lg
@@ -95,6 +110,7 @@ def inspect_model(
     layers_file: str | None = None,
     layer_depth: int | None = None,
     max_layer_share: float = DEFAULT_MAX_LAYER_SHARE,
+    keep_merged_weights: bool = False,
 ) -> InspectReport:
     """Load `model`, price every operator, group layers, and summarise."""
     mg, lg = load_model(
@@ -103,6 +119,7 @@ def inspect_model(
         layers_file=layers_file,
         layer_depth=layer_depth,
         max_layer_share=max_layer_share,
+        keep_merged_weights=keep_merged_weights,
     )
     return report_of(mg, lg)
 
@@ -124,14 +141,23 @@ def report_of(mg: ModelGraph, lg: LayerGraph) -> InspectReport:
         for layer in lg.layers
     ]
     folded = sum(1 for _, d in mg.graph.nodes(data=True) if d["folded"])
+    derived = sum(1 for _, d in mg.graph.nodes(data=True) if d["weight_derived"])
+    users: dict[str, int] = {}
+    for layer in lg.layers:
+        for p in layer.params:
+            users[p] = users.get(p, 0) + 1
     return InspectReport(
         model=str(mg.path),
         graph_hash=mg.graph_hash,
         producer=mg.producer,
         opset=mg.opset,
         nodes=mg.graph.number_of_nodes(),
-        working_nodes=mg.graph.number_of_nodes() - folded,
+        working_nodes=mg.graph.number_of_nodes() - folded - derived,
         folded_nodes=folded,
+        weight_nodes=derived,
+        merged_weights=len(mg.aliases.merges),
+        merged_weights_separated=mg.aliases.separated,
+        shared_weights=sum(1 for n in users.values() if n > 1),
         params=mg.param_count,
         param_bytes=mg.param_bytes,
         buffer_bytes=sum(p.nbytes for p in mg.params.values() if not p.trainable),

@@ -319,7 +319,8 @@ def _fill_layer_costs(
                     saved.add(inputs[pos])
             if cost.saves_output:
                 saved.update(data["outputs"][:1])
-            params.update(t for t in inputs if t in mg.params)
+            for t in inputs:  # a weight computed from parameters (Transpose(W)) is theirs
+                params.update(mg.weights.sources.get(t, ()))
         for t in saved:
             if t in mg.param_like or produced_by.get(t) in static_producers or t in mg.constants:
                 continue

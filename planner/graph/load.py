@@ -26,15 +26,18 @@ from onnx import numpy_helper
 
 from cost.opcost import OpCost
 from cost.tensor import TensorInfo
+from planner.graph.aliases import AliasReport, separate_merged_weights
 from planner.graph.fold import evaluate_folded, folded_nodes
 from planner.graph.onnx_io import (
+    UNTRAINED_KINDS,
     constant_value,
     external_data_location,
     load_model_proto,
     np_to_onnx_dtype,
+    torch_input_kinds,
     unique_node_names,
 )
-from planner.graph.params import Param, find_params, numel_of, param_views
+from planner.graph.params import Param, WeightViews, find_params, numel_of, weight_views
 from planner.graph.price import price_graph
 from planner.graph.scopes import scope_of
 from planner.graph.shapes import (
@@ -69,13 +72,24 @@ class ModelGraph:
     graph_hash: str
     symbols: dict[str, int]
     has_weights: bool
-    param_like: set[str] = field(default_factory=set)  # params and their reshaped/transposed views
+    #: parameters and what is computed from them alone, and the nodes computing that
+    weights: WeightViews = field(default_factory=lambda: WeightViews({}, set()))
+    #: weights the exporter merged with equal ones, and whether they were separated
+    aliases: AliasReport = field(default_factory=AliasReport)
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def param_like(self) -> set[str]:
+        """Parameters and tensors computed from them alone (`Transpose(W)` is W)."""
+        return self.weights.tensors
+
+    @property
     def op_nodes(self) -> list[str]:
-        """Nodes that do work (not folded), in topological (file) order."""
-        return [n for n, d in self.graph.nodes(data=True) if not d["folded"]]
+        """Nodes that do work per micro-batch, in topological (file) order: not folded
+        shape arithmetic, not weight computations (placed with their consumers)."""
+        return [
+            n for n, d in self.graph.nodes(data=True) if not d["folded"] and not d["weight_derived"]
+        ]
 
     def cost(self, node: str) -> OpCost:
         return self.graph.nodes[node]["cost"]
@@ -108,27 +122,41 @@ class _Statics:
     has_weights: bool
 
 
-def load_graph(path: str | os.PathLike[str], bindings: ShapeBindings | None = None) -> ModelGraph:
-    """Load `path` into a `ModelGraph`: bind shapes, infer, fold, price every operator."""
+def load_graph(
+    path: str | os.PathLike[str],
+    bindings: ShapeBindings | None = None,
+    *,
+    keep_merged_weights: bool = False,
+) -> ModelGraph:
+    """Load `path` into a `ModelGraph`: separate the weights the exporter merged (unless
+    `keep_merged_weights`, `planner.graph.aliases`), bind shapes, infer, fold, price every
+    operator."""
     bindings = bindings or ShapeBindings()
     path = Path(path)
-    model = load_model_proto(path)
+    model, aliases = separate_merged_weights(load_model_proto(path), keep=keep_merged_weights)
     symbols = bind_input_shapes(model, bindings)
     inferred, warnings = infer_shapes(model)
     g = inferred.graph
     known = _statics(g, path.parent)
     nodes = list(g.node)
     names = unique_node_names(nodes)
-    params = find_params(nodes, names, g.initializer, known.constant_tensors)
+    untrained = frozenset(
+        t for t, kind in torch_input_kinds(model.graph).items() if kind in UNTRAINED_KINDS
+    )
+    params = find_params(nodes, names, g.initializer, known.constant_tensors, untrained)
     static_before = known.initializers | set(known.constants) | set(known.constant_tensors)
     folded = folded_nodes(nodes, names, set(params), static_before)
     _fold(nodes, names, folded, known)
-    param_like = param_views(
+    weights = weight_views(
         nodes, names, set(params), folded, set(known.constants) | known.initializers
     )
-    graph = _build_graph(nodes, names, folded, known.tensors)
+    graph = _build_graph(nodes, names, folded, weights.nodes, known.tensors)
     static = known.initializers | set(known.constants) | set(known.constant_tensors)
-    warnings += price_graph(graph, nodes, names, known.tensors, known.constants, param_like, static)
+    warnings += price_graph(
+        graph, nodes, names, known.tensors, known.constants, weights.tensors, static
+    )
+    if aliases.summary():
+        warnings.insert(0, aliases.summary())
     opset = next((o.version for o in inferred.opset_import if o.domain in ("", "ai.onnx")), 0)
     return ModelGraph(
         path=path,
@@ -144,7 +172,8 @@ def load_graph(path: str | os.PathLike[str], bindings: ShapeBindings | None = No
         graph_hash=graph_hash(model),
         symbols=symbols,
         has_weights=known.has_weights,
-        param_like=param_like,
+        weights=weights,
+        aliases=aliases,
         warnings=warnings,
     )
 
@@ -199,7 +228,9 @@ def _fold(nodes, names, folded: set[str], known: _Statics) -> None:
             break
 
 
-def _build_graph(nodes, names, folded: set[str], tensors: dict[str, TensorInfo]) -> nx.DiGraph:
+def _build_graph(
+    nodes, names, folded: set[str], derived: set[str], tensors: dict[str, TensorInfo]
+) -> nx.DiGraph:
     """One networkx node per ONNX node, one edge per producer -> consumer pair."""
     graph = nx.DiGraph()
     producer_of: dict[str, str] = {}
@@ -211,6 +242,7 @@ def _build_graph(nodes, names, folded: set[str], tensors: dict[str, TensorInfo])
             inputs=tuple(node.input),
             outputs=tuple(o for o in node.output if o),
             folded=name in folded,
+            weight_derived=name in derived,
             scope=scope_of(node),
             order=order,
         )

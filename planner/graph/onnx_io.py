@@ -107,15 +107,16 @@ def decode_attributes(node: onnx.NodeProto) -> dict:
 
 
 def constant_value(node: onnx.NodeProto):
-    """The tensor a Constant node holds (a TensorProto), or a Python value for the
-    `value_float(s)` / `value_int(s)` forms; None for other forms."""
+    """The tensor a Constant node holds (a TensorProto), or a numpy value for the
+    `value_float(s)` (float32, as the spec says) and `value_int(s)` (int64) forms; None
+    for other forms."""
     for attr in node.attribute:
         if attr.name == "value":
             return attr.t
-        if attr.name in ("value_float", "value_int"):
-            return onnx.helper.get_attribute_value(attr)
-        if attr.name in ("value_floats", "value_ints"):
-            return list(onnx.helper.get_attribute_value(attr))
+        if attr.name in ("value_float", "value_floats"):
+            return np.asarray(onnx.helper.get_attribute_value(attr), dtype=np.float32)
+        if attr.name in ("value_int", "value_ints"):
+            return np.asarray(onnx.helper.get_attribute_value(attr), dtype=np.int64)
     return None
 
 
@@ -140,3 +141,20 @@ def unique_node_names(nodes) -> list[str]:
         seen.setdefault(name, 0)
         names.append(name)
     return names
+
+
+#: What torch.export said each graph input was (dynamo exporter): PARAMETER, BUFFER,
+#: CONSTANT_TENSOR, USER_INPUT...; written on graph inputs and on initializers' value_info.
+TORCH_INPUT_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"
+#: Kinds that are never trained (no gradient, no optimizer state).
+UNTRAINED_KINDS = frozenset({"BUFFER", "CONSTANT_TENSOR"})
+
+
+def torch_input_kinds(graph: onnx.GraphProto) -> dict[str, str]:
+    """Tensor name -> torch.export's kind of it, where the exporter recorded one."""
+    kinds = {}
+    for vi in (*graph.input, *graph.value_info):
+        for prop in vi.metadata_props:
+            if prop.key == TORCH_INPUT_KIND:
+                kinds[vi.name] = prop.value
+    return kinds

@@ -2,13 +2,16 @@
 
 A float initializer, or a Constant node holding a float tensor, of more than one element
 is a **parameter** (trainable) when some operator reads it as differentiable data, a
-**buffer** (memory, no gradient) when it is read only as BatchNorm running statistics,
+**buffer** (memory, no gradient) when it is read only as BatchNorm running statistics or
+when the dynamo exporter recorded it as a torch buffer or constant (torch.export's
+`InputSpec.kind`, e.g. a rotary embedding's `inv_freq`; the TorchScript exporter records
+nothing of the kind, so such a buffer read as data counts as a weight there),
 and neither when read only as a shape, an index or a configuring scalar (the one table of
 such inputs is `cost.opcost.NON_DATA_INPUTS`). A weight is counted once however many
-operators read it. Exporters write `x @ W.T` as `MatMul(x, Transpose(W))`: the outputs of
-such re-viewing operators applied to a weight are weights too (`param_views`), so pricing
-knows that operand's gradient is a weight gradient and that it is not saved per
-micro-batch.
+operators read it. Exporters write `x @ W.T` as `MatMul(x, Transpose(W))`: what is
+computed from weights alone is a weight too (`weight_views`), so pricing knows that
+operand's gradient is a weight gradient and that it is not saved per micro-batch, and the
+planner never routes it between stages.
 """
 
 from __future__ import annotations
@@ -21,11 +24,7 @@ import onnx
 
 from cost.opcost import BUFFER_INPUTS, is_data_input
 from cost.tensor import FLOAT_DTYPES, TensorInfo
-
-#: Operators that only re-view a tensor: applied to a weight, their output is still the weight.
-VIEW_OPS = frozenset(
-    {"Transpose", "Cast", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Expand"}
-)
+from planner.graph.fold import RANDOM_OPS, SUBGRAPH_OPS
 
 
 @dataclass
@@ -58,9 +57,11 @@ def find_params(
     names: list[str],
     initializers,
     constant_tensors: dict[str, onnx.TensorProto],
+    untrained: frozenset[str] = frozenset(),
 ) -> dict[str, Param]:
     """Weights and buffers: float tensors of more than one element that feed real data
-    (module docstring)."""
+    (module docstring). `untrained`: tensors the exporter recorded as buffers or constants
+    (torch.export's input kinds, `onnx_io.torch_input_kinds`): buffers when read as data."""
     candidates: dict[str, tuple[tuple[int, ...], int, str]] = {}
     for t in initializers:
         if t.data_type in FLOAT_DTYPES and numel_of(t.dims) > 1:
@@ -79,8 +80,11 @@ def find_params(
         consumers = uses.get(tensor, [])
         if not consumers:
             continue
-        trainable = any(is_data for _, is_data, _ in consumers)
-        is_buffer = not trainable and any(buffer for _, _, buffer in consumers)
+        reads_data = any(is_data for _, is_data, _ in consumers)
+        trainable = reads_data and tensor not in untrained
+        is_buffer = not trainable and (
+            any(buffer for _, _, buffer in consumers) or (reads_data and tensor in untrained)
+        )
         if trainable or is_buffer:
             params[tensor] = Param(
                 tensor, shape, dtype, trainable, source, consumers=[n for n, _, _ in consumers]
@@ -88,20 +92,48 @@ def find_params(
     return params
 
 
-def param_views(
+@dataclass
+class WeightViews:
+    """Tensors computed from weights alone, and the nodes computing them.
+
+    `sources[t]`: the parameters tensor `t` is computed from (a parameter is its own
+    source); `nodes`: the nodes that compute a weight from weights and constants only
+    (`Transpose(W)`, `Cast(W_fp16)`, `Gather(pos_embed, arange)`, ...). They belong to no
+    layer: each stage that reads their output computes them itself, so a weight is never
+    sent between stages, and its gradient reaches the parameter on that stage.
+    """
+
+    sources: dict[str, frozenset[str]]
+    nodes: set[str]
+
+    @property
+    def tensors(self) -> set[str]:
+        return set(self.sources)
+
+
+def weight_views(
     nodes: list[onnx.NodeProto],
     names: list[str],
     params: set[str],
     folded: set[str],
     static: set[str],
-) -> set[str]:
-    """Parameters plus the tensors that are views of them (`Transpose(W)` feeding a
-    MatMul is W): `VIEW_OPS` applied to a weight and otherwise static inputs."""
-    like = set(params)
+) -> WeightViews:
+    """Parameters and what is computed from them alone (see `WeightViews`): a node none of
+    whose inputs depends on a graph input, at least one on a parameter, computes a weight
+    (subgraph and random operators excepted)."""
+    sources: dict[str, frozenset[str]] = {p: frozenset({p}) for p in params}
+    derived: set[str] = set()
     for node, name in zip(nodes, names, strict=True):
-        if name in folded or node.op_type not in VIEW_OPS:
+        if name in folded or node.op_type in SUBGRAPH_OPS or node.op_type in RANDOM_OPS:
             continue
         data = [i for i in node.input if i]
-        if data and data[0] in like and all(i in like or i in static for i in data[1:]):
-            like.update(o for o in node.output if o)
-    return like
+        if not data or not all(i in sources or i in static for i in data):
+            continue
+        from_weights = frozenset().union(*(sources[i] for i in data if i in sources))
+        if not from_weights:
+            continue
+        derived.add(name)
+        for out in node.output:
+            if out:
+                sources[out] = from_weights
+    return WeightViews(sources, derived)

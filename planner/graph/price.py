@@ -47,7 +47,7 @@ def price_graph(
         inputs = tuple(tensors.get(i, TensorInfo(i, None)) if i else None for i in node.input)
         outputs = tuple(tensors.get(o, TensorInfo(o, None)) for o in node.output if o)
         attrs = decode_attributes(node)
-        if data["folded"]:
+        if data["folded"] or data["weight_derived"]:
             cost = OpCost(kind="free")
         else:
             op_type = (
@@ -71,7 +71,11 @@ def price_graph(
         roles = tuple(
             input_role(t, param_like, static, grad_tensors) if t else "-" for t in node.input
         )
-        if not data["folded"] and any(r in ("w", "g") for r in roles):
+        if (
+            not data["folded"]
+            and not data["weight_derived"]
+            and any(r in ("w", "g") for r in roles)
+        ):
             grad_tensors.update(o.name for o in outputs if o.is_float)
         data["cost"] = cost
         data["input_roles"] = roles

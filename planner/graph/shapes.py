@@ -286,13 +286,30 @@ def fallback_shapes(
         shape = _fallback_one(node, ins, constants)
         if shape is None:
             continue
-        dtype = next((t.dtype for t in ins if t is not None), onnx.TensorProto.FLOAT)
-        if node.op_type == "Cast":
-            dtype = next((a.i for a in node.attribute if a.name == "to"), dtype)
+        dtype = _output_dtype(node, ins)
         if outs[0] not in known:
             known[outs[0]] = TensorInfo(outs[0], shape, dtype)
             filled += 1
     return filled
+
+
+#: Operators whose output is boolean whatever their inputs are.
+_BOOL_RESULT = frozenset(
+    {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not",
+     "IsNaN", "IsInf"}
+)  # fmt: skip
+
+
+def _output_dtype(node: onnx.NodeProto, ins: list[TensorInfo | None]) -> int:
+    """The element type of a node's first output, as the ONNX operator specs define it."""
+    op = node.op_type
+    if op in _BOOL_RESULT:
+        return onnx.TensorProto.BOOL
+    if op == "Cast":
+        return next((a.i for a in node.attribute if a.name == "to"), onnx.TensorProto.FLOAT)
+    if op in ("Where", "CastLike") and len(ins) > 1 and ins[1] is not None:
+        return ins[1].dtype  # Where(cond, x, y): x's type; CastLike(x, like): like's
+    return next((t.dtype for t in ins if t is not None), onnx.TensorProto.FLOAT)
 
 
 def _fallback_one(node, ins, constants) -> tuple[int, ...] | None:

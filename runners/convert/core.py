@@ -26,6 +26,7 @@ import torch.fx as fx
 from torch import nn
 
 from cost.opcost import is_data_input
+from planner.graph.onnx_io import UNTRAINED_KINDS, torch_input_kinds
 from runners.convert import weights as W
 
 Value = fx.Node | torch.Tensor
@@ -164,8 +165,11 @@ class Converter:
         for o in self.model.graph.output:
             if o.name in inits:
                 trainable.add(o.name)
+        untrained = {
+            t for t, kind in torch_input_kinds(self.model.graph).items() if kind in UNTRAINED_KINDS
+        }
         params = set()
-        for name in trainable:
+        for name in trainable - untrained:
             t = inits[name]
             dtype = W.torch_dtype(t.data_type)
             if dtype.is_floating_point and len(t.dims) >= 1:
