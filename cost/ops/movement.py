@@ -125,11 +125,15 @@ _FREE = (
     "Shape",
     "Size",
     "Constant",
+    "SequenceAt",  # an element of a sequence: a view of what SplitToSequence copied
+    "SequenceConstruct",
+    "SequenceLength",
 )
 _COPY = (
     "Transpose",
     "Concat",
     "Split",
+    "SplitToSequence",
     "Pad",
     "Cast",
     "CastLike",

@@ -12,7 +12,7 @@ Einsum), :mod:`.norm` (Softmax family, normalization), :mod:`.spatial` (conv, po
 :mod:`.reductions` (Reduce*, ArgMax/ArgMin, CumSum, TopK), :mod:`.indexing`
 (gather/scatter, OneHot, NonZero, Trilu), :mod:`.shapes` (Shape, Reshape, Slice...),
 :mod:`.constants` (Constant, ConstantOfShape, Range), :mod:`.padding` (Pad) and
-:mod:`.resampling` (Resize, Upsample). :mod:`.registry` holds ``HANDLERS`` and the
+:mod:`.resampling` (Resize, Upsample), :mod:`.sequences` (SplitToSequence, SequenceAt). :mod:`.registry` holds ``HANDLERS`` and the
 ``@op`` decorator; importing this package imports every family, which registers them.
 """
 
@@ -25,6 +25,7 @@ from runners.convert.ops import (  # noqa: F401  (imported to register their han
     padding,
     reductions,
     resampling,
+    sequences,
     shapes,
     spatial,
 )
