@@ -25,12 +25,24 @@ def current_umask() -> int:
     return mask
 
 
+def check_output_file(path: str | os.PathLike[str] | None, flag: str = "output") -> None:
+    """Refuse an output file path before any work is done: one that names an existing
+    folder, or lies in a folder that does not exist (`flag` names the option in errors)."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise PipeplanError(f"{flag} {path} is a folder, not a file")
+    parent = target.parent
+    if not parent.is_dir():
+        raise PipeplanError(f"output folder does not exist: {parent} ({flag} {path})")
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write via a temporary file in the same folder, then rename: never a half-written file.
     A final newline is added when `text` lacks one."""
     target = Path(path)
-    if target.parent and not target.parent.exists():
-        raise PipeplanError(f"output folder does not exist: {target.parent}")
+    check_output_file(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -47,6 +59,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 def save_figure_atomic(fig, path: str | os.PathLike[str], *, dpi: int = 120) -> None:
     """Save a matplotlib figure as PNG via a temporary file and a rename."""
     target = Path(path)
+    check_output_file(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent or ".")
     os.close(fd)
     try:

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 from cost.errors import PipeplanError
+from cost.files import check_output_file, write_text_atomic
 from exporters.manifest import MANIFEST_VERSION, Manifest
 from runners.report import Measured, RunReport, StageTiming
 
@@ -93,6 +94,8 @@ def run(
     timeout_s: float = 600.0,
 ) -> RunReport:
     """Run `bundle` on `nproc` local processes; return measurements (and checks)."""
+    check_output_file(report, "report")
+    check_output_file(trace, "trace")
     root, manifest = load_bundle(bundle)
     devices = list(dict.fromkeys(st.device for st in manifest.stages))
     if nproc is not None and nproc != len(devices):
@@ -103,8 +106,6 @@ def run(
         raise PipeplanError(f"--steps must be at least 1 (got {steps})")
     if mode not in ("train", "infer"):
         raise PipeplanError(f"--mode must be train or infer (got {mode})")
-    if mode == "train" and manifest.weights == "absent" and check:
-        pass  # random weights are deterministic: gradients can still be checked
     out = Path(tempfile.mkdtemp(prefix="pipeplan-run-"))
     try:
         _launch(
@@ -130,13 +131,10 @@ def run(
             else:
                 result.check = check_gradients(root, manifest, out, seed=seed, data=data)
         if trace:
-            from cost.files import write_text_atomic
             from runners.trace import merged_trace
 
             write_text_atomic(trace, json.dumps(merged_trace(root, manifest, results)))
         if report:
-            from cost.files import write_text_atomic
-
             write_text_atomic(report, result.model_dump_json(indent=2))
         return result
     finally:
@@ -276,7 +274,7 @@ def _report(
             )
         )
     losses = next((r["losses"] for r in results if r["losses"]), [])
-    predicted = _predicted_ms(root)
+    predicted = _predicted_ms(root, mode)
     samples = manifest.microbatch_size * m
     return RunReport(
         bundle=str(root),
@@ -299,8 +297,16 @@ def _report(
     )
 
 
-def _predicted_ms(root: Path) -> float:
+def _predicted_ms(root: Path, mode: str) -> float:
+    """The plan's predicted iteration; for `--mode infer` on a training plan, the
+    simulation of its schedule's forward part (what an inference run executes)."""
     plan_file = root / "plan.json"
     if not plan_file.exists():
         return 0.0
-    return json.loads(plan_file.read_text())["predicted"]["iteration_ms"]
+    from planner.plan_file import load_plan
+    from planner.simulate.replay import replay
+
+    plan = load_plan(plan_file)
+    if mode == "infer" and plan.config.training and plan.schedule is not None:
+        return replay(plan, inference=True).iteration_s * 1e3
+    return plan.predicted.iteration_ms

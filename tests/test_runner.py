@@ -21,6 +21,8 @@ from exporters.bundle import export
 from planner.api import plan
 from planner.config import PlanConfig
 from planner.graph.shapes import ShapeBindings
+from planner.plan_file import load_plan
+from planner.simulate.replay import replay
 from runners.launch import RunFailed, load_bundle, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +66,11 @@ def test_inference_outputs_equal_onnxruntime(tmp_path, model, stages, schedule):
     bundle = make_bundle(tmp_path, model, stages, schedule)
     result = run(bundle, steps=1, mode="infer", check=True)
     assert result.check.kind == "outputs" and result.check.passed, result.check
+    # measured against the inference prediction (the schedule's forwards), not training's
+    p = load_plan(bundle / "plan.json")
+    expected = replay(p, inference=True).iteration_s * 1e3
+    assert result.predicted_iteration_ms == pytest.approx(expected)
+    assert result.predicted_iteration_ms < 0.7 * p.predicted.iteration_ms
 
 
 @pytest.mark.parametrize("model", ["mlp", "gpt"])

@@ -301,3 +301,13 @@ def hoist_sends(schedule: Schedule) -> Schedule:
             out.insert(position, action)
         actions[device] = out
     return schedule.model_copy(update={"actions": actions})
+
+
+def forward_only(schedule: Schedule) -> Schedule:
+    """The inference form of `schedule`: forwards and their messages only (what a run with
+    `--mode infer` executes)."""
+    actions = {
+        d: [x for x in acts if x.op == "F" or (x.op in ("SEND", "RECV") and x.direction == "fwd")]
+        for d, acts in schedule.actions.items()
+    }
+    return schedule.model_copy(update={"actions": actions})

@@ -21,7 +21,7 @@ from planner.partition.chain import min_max_partition
 from planner.partition.objective import Assignment, Evaluation, boundary_routes, evaluate
 from planner.partition.problem import Problem
 from planner.schedule.actions import Schedule
-from planner.schedule.build import build_schedule, hoist_sends
+from planner.schedule.build import build_schedule, forward_only, hoist_sends
 from planner.schedule.check import check_schedule
 from planner.simulate.costs import sim_costs
 from planner.simulate.engine import SimResult, simulate
@@ -96,7 +96,7 @@ def schedule_plan(
         schedule = hoist_sends(schedule)
         check_schedule(schedule, semantics="eager")
     else:
-        schedule = hoist_sends(_forward_only(schedule))
+        schedule = hoist_sends(forward_only(schedule))
     costs = sim_costs(problem, a, ev)
     sim = simulate(schedule, costs)
     capacity = {}
@@ -106,15 +106,6 @@ def schedule_plan(
     return TimedPipeline(
         kind, virtual_stages, a, ev, schedule, sim, fits, dict(sim.peak_memory), capacity
     )
-
-
-def _forward_only(schedule: Schedule) -> Schedule:
-    """Drop backward work and gradient messages (inference)."""
-    actions = {
-        d: [x for x in acts if x.op == "F" or (x.op in ("SEND", "RECV") and x.direction == "fwd")]
-        for d, acts in schedule.actions.items()
-    }
-    return schedule.model_copy(update={"actions": actions})
 
 
 def choose_schedule(problem: Problem, a: Assignment) -> tuple[TimedPipeline, list[TimedPipeline]]:

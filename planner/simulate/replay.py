@@ -12,8 +12,9 @@ import os
 from pydantic import BaseModel, Field
 
 from cost.errors import PipeplanError
-from cost.files import write_text_atomic
+from cost.files import check_output_file, write_text_atomic
 from planner.plan_file import DeviceTimeline, Plan, device_timelines, load_plan
+from planner.schedule.build import forward_only
 from planner.simulate.costs import make_costs
 from planner.simulate.engine import SimResult, simulate
 from planner.simulate.timeline import chrome_trace, plot_timeline
@@ -33,10 +34,12 @@ class SimulationReport(BaseModel):
     planned_iteration_ms: float = Field(description="the plan's own prediction, for comparison")
 
 
-def replay(plan: Plan) -> SimResult:
+def replay(plan: Plan, *, inference: bool = False) -> SimResult:
+    """Simulate the plan's schedule from its per-stage figures; `inference`: its forward
+    part only (`schedule.build.forward_only`), as `pipeplan run --mode infer` executes it."""
     if plan.schedule is None:
         raise PipeplanError("the plan has no schedule (made by an older pipeplan?): plan it again")
-    training = plan.config.objective == "throughput"
+    training = plan.config.training and not inference
     routes = [
         (
             r.tensor,
@@ -57,7 +60,7 @@ def replay(plan: Plan) -> SimResult:
         link=plan.cluster.link_between,
         optimizer_s=[s.optimizer_ms / 1e3 for s in plan.stages] if training else None,
     )
-    return simulate(plan.schedule, costs)
+    return simulate(plan.schedule if training else forward_only(plan.schedule), costs)
 
 
 def simulate_plan(
@@ -67,6 +70,8 @@ def simulate_plan(
     png: str | os.PathLike[str] | None = None,
 ) -> SimulationReport:
     """Simulate `plan`'s schedule; optionally write a Chrome trace and a PNG timeline."""
+    check_output_file(trace, "trace")
+    check_output_file(png, "png")
     plan = plan if isinstance(plan, Plan) else load_plan(plan)
     sim = replay(plan)
     title = f"{os.path.basename(plan.model.path)} on {plan.cluster.name}: {plan.schedule.kind}, m={plan.schedule.microbatches}"

@@ -110,8 +110,16 @@ class Row(BaseModel):
         None, description="the largest peak / usable capacity over devices (the fullest device)"
     )
     bubble_fraction: float | None = Field(None, description="the replica pipeline's bubble")
+    idle_devices: list[str] = Field(
+        default_factory=list, description="ids of the scenario's devices the layout leaves idle"
+    )
     cost_per_hour: float | None = Field(
-        None, description="USD/h, all devices of the scenario; null if a price is unknown"
+        None,
+        description="USD/h of the devices used (idle ones are not charged); null if a price is "
+        "unknown",
+    )
+    cluster_cost_per_hour: float | None = Field(
+        None, description="USD/h of every device of the scenario, idle ones included"
     )
     samples_per_dollar: float | None = None
     marginal_gain_per_device: float | None = Field(
@@ -159,9 +167,15 @@ class LayoutResult:
     global_batch: int
 
     @property
+    def used_devices(self) -> list[str]:
+        """Ids (in the scenario's cluster) of the devices running a stage, all replicas."""
+        sub = list(dict.fromkeys(s.device for s in self.plan.stages))
+        return [replica[d] for replica in self.layout.replicas for d in sub]
+
+    @property
     def devices_used(self) -> int:
         """Devices running a stage, all replicas (interleaved stages share devices)."""
-        return len({s.device for s in self.plan.stages}) * self.layout.replicas_count
+        return len(self.used_devices)
 
 
 def stage_gradient_bytes(plan: Plan, lg, mg) -> list[int]:
@@ -266,19 +280,25 @@ def _row(scenario: Scenario, result: LayoutResult | None, failure: str, note: st
         device_kinds=device_kinds(cluster),
         fits=result is not None,
         cost_per_hour=price,
+        cluster_cost_per_hour=price,
         note="; ".join(n for n in (scenario.note, note, failure if result is None else "") if n),
     )
     if result is None:
         return base.model_copy(update={"samples_per_dollar": 0.0 if price else None})
     p = result.plan
     stages = len(p.stages)
+    used = set(result.used_devices)
+    prices = [cluster.device(d).price_per_hour for d in used]
+    price = None if any(v is None for v in prices) else float(sum(prices))
     largest = max(p.stages, key=lambda s: s.peak_memory_bytes)
     frac = max(s.peak_memory_bytes / s.memory_capacity_bytes for s in p.stages)
     return base.model_copy(
         update={
             "stages": stages,
             "replicas": result.layout.replicas_count,
-            "devices_used": result.devices_used,
+            "devices_used": len(used),
+            "idle_devices": [d for d in cluster.device_ids() if d not in used],
+            "cost_per_hour": price,
             "layout": result.layout.description,
             "schedule": p.predicted.schedule,
             "throughput_samples_per_s": result.throughput,
@@ -311,6 +331,7 @@ def whatif(
     scaling: Scaling = "weak",
     default_sweep: bool = True,
     cache: PlanCache | bool = True,
+    keep_merged_weights: bool = False,
 ) -> WhatIfReport:
     """Plan the model on the given cluster and on each derived scenario (module doc).
 
@@ -337,7 +358,13 @@ def whatif(
     kind_spec = resolve_kind(cluster, min_devices_kind) if min_devices_kind else None
     if not isinstance(cache, PlanCache):
         cache = PlanCache(enabled=bool(cache))
-    mg, lg = load_model(model, bindings, layers_file=layers_file, layer_depth=layer_depth)
+    mg, lg = load_model(
+        model,
+        bindings,
+        layers_file=layers_file,
+        layer_depth=layer_depth,
+        keep_merged_weights=keep_merged_weights,
+    )
     options = LayerOptions(layers_file=layers_file, layer_depth=layer_depth)
     planner = _Planner(mg, lg, config, bindings, cache, options, data_parallel, scaling)
 

@@ -46,10 +46,10 @@ for _command in (
 
 def main() -> None:
     """Entry point: usage errors also come out as one `error:` line with exit code 2."""
-    try:  # typer >= 0.16 vendors click; older ones depend on it
-        from click.exceptions import UsageError
-    except ImportError:
+    try:  # typer >= 0.16 vendors click (whether or not click is installed too)
         from typer._click.exceptions import UsageError
+    except ImportError:  # older typer depends on click
+        from click.exceptions import UsageError
 
     try:
         code = app(standalone_mode=False)

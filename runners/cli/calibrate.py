@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from cost.files import check_output_file
 from runners.cli.common import guarded
 from runners.cli.options import BatchOpt, DimOpt, InputShapeOpt, bindings
 
@@ -92,8 +93,7 @@ def calibrate(
     from cost.errors import PipeplanError
 
     out = Path(output)
-    if not out.parent.exists():
-        raise PipeplanError(f"output folder does not exist: {out.parent}")
+    check_output_file(out, "-o")
     if model is None and (dim or batch is not None or input_shape):
         raise PipeplanError("shape options (--batch, --dim, --input-shape) need --model")
     shapes = bindings(dim, batch, input_shape)

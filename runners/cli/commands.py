@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from cost.files import check_output_file
 from planner.config import DEFAULT_MAX_LAYER_SHARE
 from runners.cli.common import fail, guarded, warn
 from runners.cli.options import (
@@ -13,6 +14,7 @@ from runners.cli.options import (
     ClusterOpt,
     DimOpt,
     InputShapeOpt,
+    KeepMergedOpt,
     LayerDepthOpt,
     LayersOpt,
     MaxShareOpt,
@@ -44,6 +46,7 @@ def inspect(
     layers: LayersOpt = None,
     layer_depth: LayerDepthOpt = None,
     max_layer_share: MaxShareOpt = DEFAULT_MAX_LAYER_SHARE,
+    keep_merged_weights: KeepMergedOpt = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of a table.")
     ] = False,
@@ -60,6 +63,7 @@ def inspect(
         layers_file=layers,
         layer_depth=layer_depth,
         max_layer_share=max_layer_share,
+        keep_merged_weights=keep_merged_weights,
     )
     warn(report.warnings)
     if json_out:
@@ -83,6 +87,7 @@ def plan(
     input_shape: InputShapeOpt = None,
     layers: LayersOpt = None,
     layer_depth: LayerDepthOpt = None,
+    keep_merged_weights: KeepMergedOpt = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print PLAN.json to stdout instead of a table.")
     ] = False,
@@ -93,6 +98,7 @@ def plan(
     from cost.files import write_text_atomic
     from planner.api import plan as make_plan
 
+    check_output_file(output, "-o")
     result = make_plan(
         model,
         cluster,
@@ -100,6 +106,7 @@ def plan(
         bindings(dim, batch, input_shape),
         layers_file=layers,
         layer_depth=layer_depth,
+        keep_merged_weights=keep_merged_weights,
     )
     warn(result.warnings)
     if output:
@@ -127,6 +134,8 @@ def simulate(
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Simulate a plan's pipeline schedule: iteration time, bubble, busy/idle and memory per device."""
+    check_output_file(trace, "--trace")
+    check_output_file(png, "--png")
     from planner.simulate.replay import simulate_plan
 
     report = simulate_plan(plan_file, trace=trace, png=png)
@@ -195,6 +204,8 @@ def run(
     ] = None,
 ) -> None:
     """Execute a bundle on local processes with torchrun (gloo or NCCL), measured against the plan."""
+    check_output_file(report, "--report")
+    check_output_file(trace, "--trace")
     from runners.launch import run as run_bundle
 
     result = run_bundle(

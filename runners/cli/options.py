@@ -50,6 +50,14 @@ MaxShareOpt = Annotated[
         "--max-layer-share", help="Split module groups heavier than this share of the model's work."
     ),
 ]
+KeepMergedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-merged-weights",
+        help="Keep weights the exporter merged with equal ones as shared weights "
+        "(default: separate them into their own parameters, as torch has them).",
+    ),
+]
 ClusterOpt = Annotated[str, typer.Option("--cluster", "-c", help="Cluster spec, YAML or JSON.")]
 
 

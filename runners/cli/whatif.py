@@ -1,17 +1,18 @@
 """`pipeplan whatif`: the command, its table and its chart (`planner.whatif` computes)."""
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cost.files import check_output_file
 from runners.cli.common import guarded, warn
 from runners.cli.options import (
     BatchOpt,
     ClusterOpt,
     DimOpt,
     InputShapeOpt,
+    KeepMergedOpt,
     LayerDepthOpt,
     LayersOpt,
     bindings,
@@ -83,6 +84,7 @@ def whatif(
     input_shape: InputShapeOpt = None,
     layers: LayersOpt = None,
     layer_depth: LayerDepthOpt = None,
+    keep_merged_weights: KeepMergedOpt = False,
     *,
     config,
 ) -> None:
@@ -91,8 +93,7 @@ def whatif(
     from planner.whatif.cache import PlanCache
     from runners.cli.progress import ProgressBar
 
-    if png:
-        _check_png_target(png)
+    check_output_file(png, "--png")
     with ProgressBar("planning", enabled=not json_out) as progress:
         report = run_whatif(
             model,
@@ -109,6 +110,7 @@ def whatif(
             data_parallel=not no_data_parallel,
             scaling=scaling,
             cache=PlanCache(enabled=not no_cache),
+            keep_merged_weights=keep_merged_weights,
         )
     warn(report.warnings)
     if png:
@@ -117,14 +119,6 @@ def whatif(
         print(report.model_dump_json(indent=2))
         return
     print_whatif(report, png)
-
-
-def _check_png_target(path: str) -> None:
-    from cost.errors import PipeplanError
-
-    parent = Path(path).parent
-    if not parent.exists():
-        raise PipeplanError(f"output folder does not exist: {parent}")
 
 
 # ----------------------------------------------------------------------------- table
@@ -144,14 +138,14 @@ def table_rows(report: "WhatIfReport") -> tuple[list[str], list[list[str]]]:
 
     header = [
         "scenario",
-        "devices",
+        "devices used / idle",
         "fits",
         "stages x replicas",
         "samples/s",
         "speed-up",
         "peak mem / usable",
         "bubble",
-        "$/h",
+        "$/h (used)",
         "samples/$",
         "gain/device",
     ]
@@ -160,7 +154,9 @@ def table_rows(report: "WhatIfReport") -> tuple[list[str], list[list[str]]]:
         cells.append(
             [
                 row.scenario,
-                str(row.devices),
+                f"{row.devices_used} / {len(row.idle_devices)}"
+                if row.fits
+                else f"- / {row.devices}",
                 "yes" if row.fits else "no",
                 f"{row.stages} x {row.replicas}" if row.fits else "-",
                 _num(row.throughput_samples_per_s) if row.fits else "0",
@@ -180,6 +176,10 @@ def table_rows(report: "WhatIfReport") -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
+def _ids(ids: list[str], limit: int = 8) -> str:
+    return ", ".join(ids) if len(ids) <= limit else ", ".join(ids[:limit]) + f", ... ({len(ids)})"
+
+
 def footnotes(report: "WhatIfReport") -> list[str]:
     lines = []
     for row in report.rows:
@@ -187,7 +187,9 @@ def footnotes(report: "WhatIfReport") -> list[str]:
             lines.append(
                 f"{row.scenario}: {row.layout}, {row.schedule}, iteration "
                 f"{row.iteration_ms:.3f} ms (all-reduce {row.allreduce_ms:.3f} ms), "
-                f"global batch {row.global_batch}" + (f"; {row.note}" if row.note else "")
+                f"global batch {row.global_batch}"
+                + (f"; idle: {_ids(row.idle_devices)}" if row.idle_devices else "")
+                + (f"; {row.note}" if row.note else "")
             )
         else:
             lines.append(f"{row.scenario}: does not fit: {row.note}")
