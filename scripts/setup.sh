@@ -14,9 +14,13 @@ if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
   echo "setup: installing torch==2.13.0" >&2
   .venv/bin/pip install -q torch==2.13.0
 fi
-if ! .venv/bin/python -c 'import planner, onnxruntime, pytest, hypothesis, onnxscript' >/dev/null 2>&1 \
+if ! .venv/bin/python -c 'import planner, onnxruntime, pytest, hypothesis, onnxscript, transformers, importlib.util as u; assert u.find_spec("timm")' >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.pipeplan-installed ]; then
   echo "setup: installing pipeplan and its dependencies" >&2
-  .venv/bin/pip install -q -e ".[test]"
+  # torch stays the one installed above (transformers would accept a newer one)
+  .venv/bin/pip install -q -e ".[test]" "torch==$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])')"
+  # timm without its requirements: it requires torchvision, whose PyPI wheels are CUDA
+  # builds; its other requirements come with transformers (see tests/corpus.py)
+  .venv/bin/pip install -q --no-deps "timm>=1.0"
   touch .venv/.pipeplan-installed
 fi
