@@ -225,6 +225,7 @@ def evaluate(problem: Problem, a: Assignment) -> Evaluation:
         if cfg.objective != "latency"
         else sum(st.compute_s for st in stages)
     )
+    busy += sum(tail.values())  # the optimizer step is work, not bubble
     bubble = 1.0 - busy / (p * iteration) if iteration > 0 else 0.0
     names = tuple(tuple(flows[i].tensor for i in c) for c in routes)
     return Evaluation(tuple(stages), iteration, bottleneck_s, bottleneck, bubble, names)

@@ -59,7 +59,8 @@ runner waits for its sends, then steps the optimizer); the iteration ends after 
 
 Result. `iteration_s` is the time the last action anywhere finishes (compute, a
 transfer's arrival, or a step tail); per device `busy_s` is compute time and `idle_s = iteration_s -
-busy_s`; `bubble_fraction = 1 - sum(busy_s) / (devices * iteration_s)`. Throughput is the
+busy_s`; `bubble_fraction = 1 - sum(busy_s + tail_s) / (devices * iteration_s)` (the
+optimizer step is work). Throughput is the
 caller's business (micro-batches * batch / iteration_s).
 
 A RECV whose transfer never arrives (no SEND, or a SEND its device never reaches) raises
@@ -494,7 +495,8 @@ class _Engine:
             )
             for d in devices
         }
-        total_busy = sum(self.busy.values())
+        # the optimizer step (tail) is work, not bubble: a one-stage pipeline has none
+        total_busy = sum(self.busy.values()) + sum(tails.values())
         bubble = 1.0 - total_busy / (len(devices) * iteration) if iteration > 0 and devices else 0.0
         peak = {d: max(v for _, v in steps) for d, steps in self.memory.items()}
         return SimResult(
