@@ -185,7 +185,9 @@ def test_tied_weight_counted_once(tmp_path):
     assert shared, "the tied embedding should be used by two nodes"
 
 
-def test_constant_node_weights_count_as_params(tmp_path, net_files):
+def test_constant_node_tensors_are_constants_not_params(tmp_path, net_files):
+    """Exporters write parameters as initializers and inline traced constants (a rotary
+    table, a mask) as Constant nodes: such a tensor is held (a buffer), never trained."""
     net, files = net_files
     model = onnx.load(str(files["torchscript"]))
     nodes = []
@@ -198,8 +200,11 @@ def test_constant_node_weights_count_as_params(tmp_path, net_files):
     path = tmp_path / "constants.onnx"
     onnx.save(model, str(path))
     mg = load_graph(path, ShapeBindings(batch=2))
-    assert mg.param_count == n_params(net)
+    assert mg.param_count == 0
     assert {p.source for p in mg.params.values()} == {"constant"}
+    assert not any(p.trainable for p in mg.params.values())
+    held = sum(p.numel for p in mg.params.values() if p.numel > 1)
+    assert held >= n_params(net) - sum(1 for p in net.parameters() if p.numel() == 1)
 
 
 def test_batchnorm_running_stats_are_buffers(tmp_path):

@@ -157,6 +157,13 @@ def load_graph(
     )
     if aliases.summary():
         warnings.insert(0, aliases.summary())
+    inlined = [p for p in params.values() if p.source == "constant" and p.numel > 65536]
+    if inlined:
+        warnings.append(
+            f"{len(inlined)} large float tensor(s) of Constant nodes (e.g. {inlined[0].name}, "
+            f"{sum(p.nbytes for p in inlined) / 1e6:.1f} MB) are treated as constants, not "
+            "trained: exporters write parameters as initializers"
+        )
     opset = next((o.version for o in inferred.opset_import if o.domain in ("", "ai.onnx")), 0)
     return ModelGraph(
         path=path,

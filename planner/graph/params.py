@@ -1,11 +1,14 @@
 """Which tensors are a model's weights: parameters, buffers, and views of them.
 
-A float initializer, or a Constant node holding a float tensor, of more than one element
-is a **parameter** (trainable) when some operator reads it as differentiable data, a
-**buffer** (memory, no gradient) when it is read only as BatchNorm running statistics or
-when the dynamo exporter recorded it as a torch buffer or constant (torch.export's
-`InputSpec.kind`, e.g. a rotary embedding's `inv_freq`; the TorchScript exporter records
-nothing of the kind, so such a buffer read as data counts as a weight there),
+A float initializer of more than one element is a **parameter** (trainable) when some
+operator reads it as differentiable data, a **buffer** (memory, no gradient) when it is
+read only as BatchNorm running statistics or when the dynamo exporter recorded it as a
+torch buffer or constant (torch.export's `InputSpec.kind`, e.g. a rotary embedding's
+`inv_freq`; the TorchScript exporter records nothing of the kind, so such a buffer
+written as an initializer and read as data counts as a weight there). A float tensor of
+a Constant node is at most a buffer: both exporters write parameters as initializers and
+inline only traced constants as nodes (the TorchScript exporter without constant folding
+inlines `inv_freq` so), and the runner never trains one,
 and neither when read only as a shape, an index or a configuring scalar (the one table of
 such inputs is `cost.opcost.NON_DATA_INPUTS`). A weight is counted once however many
 operators read it. Exporters write `x @ W.T` as `MatMul(x, Transpose(W))`: what is
@@ -81,9 +84,12 @@ def find_params(
         if not consumers:
             continue
         reads_data = any(is_data for _, is_data, _ in consumers)
-        trainable = reads_data and tensor not in untrained
+        # a Constant node is never a parameter: exporters write parameters as initializers
+        # and inline only traced constants (a buffer, a mask, a rotary table) as nodes
+        fixed = tensor in untrained or source == "constant"
+        trainable = reads_data and not fixed
         is_buffer = not trainable and (
-            any(buffer for _, _, buffer in consumers) or (reads_data and tensor in untrained)
+            any(buffer for _, _, buffer in consumers) or (reads_data and fixed)
         )
         if trainable or is_buffer:
             params[tensor] = Param(
