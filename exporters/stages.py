@@ -194,10 +194,14 @@ def stage_model(
             if t in mg.tensors and mg.tensors[t].shape is not None
         ],
     )
+    # torch.export's word on buffers and constants, kept for the runner (which never trains
+    # those); the same word for the constants the planner found folded by the exporter
+    # (planner.graph.constants) and for the values it folded itself (a mask computed from
+    # shapes alone, written here as an initializer)
     kinds = torch_input_kinds(src.graph)
-    for (
-        t
-    ) in initializers:  # keep torch.export's word on buffers and constants (the runner reads it)
+    kinds |= {t: "CONSTANT_TENSOR" for t in mg.folded_constants}
+    kinds |= {t.name: "CONSTANT_TENSOR" for t in stage.folded_values}
+    for t in [*initializers, *stage.folded_values]:
         if t.name in kinds:
             vi = helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
             entry = vi.metadata_props.add()

@@ -63,7 +63,7 @@ def assemble_plan(
         schedule=timed.schedule,
         baselines=rows,
         explanation=explain(problem, a, ev, report, rows, timed),
-        warnings=list(mg.warnings),
+        warnings=list(mg.warnings) + lg.warnings,
     )
 
 

@@ -170,5 +170,5 @@ def report_of(mg: ModelGraph, lg: LayerGraph) -> InspectReport:
         outputs=[_tensor_summary(mg, n) for n in mg.outputs],
         layer_source=lg.source,
         layers=layers,
-        warnings=mg.warnings,
+        warnings=mg.warnings + lg.warnings,
     )

@@ -17,7 +17,10 @@ Three sources, in order of preference:
 
 Whatever the source, groups are made convex: a strongly connected component of the layer
 graph (a layer feeding another that feeds it back) is merged into one layer, so a
-placement that respects layer order respects operator order.
+placement that respects layer order respects operator order. A tensor of unknown shape
+between two groups counts as an edge both ways, so its producer and consumers (and all
+between them) become one layer: no stage boundary is ever priced at 0 bytes for want of
+a shape (`LayerGraph.warnings` names the tensors).
 """
 
 from __future__ import annotations
@@ -68,6 +71,19 @@ class LayerGraph:
     input_consumers: dict[str, list[int]]  # graph input -> layers that read it
     output_producers: dict[str, int]  # graph output -> layer that writes it
     source: str  # "scopes", "structure", "overrides+scopes", ...
+    #: tensors of unknown shape that kept groups together (no cut may price them)
+    unknown_shape_tensors: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        if not self.unknown_shape_tensors:
+            return []
+        names = self.unknown_shape_tensors
+        return [
+            f"{len(names)} tensor(s) of unknown shape between operators (e.g. {names[0]}): "
+            "their layers are kept on one stage, as a cut through them cannot be priced "
+            "(bind the dimensions they depend on, or give --input-shape)"
+        ]
 
     def layer_named(self, name: str) -> Layer:
         for layer in self.layers:
@@ -240,9 +256,14 @@ def _build_layer_graph(mg: ModelGraph, ops: list[str], keys: dict, source: str) 
     quotient = nx.DiGraph()
     quotient.add_nodes_from(groups)
     opset = set(ops)
+    unknown: list[str] = []
     for u, v in mg.graph.edges():
         if u in opset and v in opset and group_of[u] != group_of[v]:
             quotient.add_edge(group_of[u], group_of[v])
+            blind = [t for t in mg.graph.edges[u, v]["tensors"] if _unknown(mg, t)]
+            if blind:  # a cut here cannot be priced: the edge back merges both groups
+                quotient.add_edge(group_of[v], group_of[u])
+                unknown += [t for t in blind if t not in unknown]
     # Convexity: merge strongly connected components.
     condensed = nx.condensation(quotient)
     merged: list[list[str]] = []
@@ -285,7 +306,15 @@ def _build_layer_graph(mg: ModelGraph, ops: list[str], keys: dict, source: str) 
         for t in mg.graph.nodes[n]["outputs"]:
             if t in mg.outputs:
                 output_producers[t] = node_layer[n]
-    return LayerGraph(layers, dag, node_layer, dict(input_consumers), output_producers, source)
+    return LayerGraph(
+        layers, dag, node_layer, dict(input_consumers), output_producers, source, unknown
+    )
+
+
+def _unknown(mg: ModelGraph, tensor: str) -> bool:
+    """A tensor whose size the planner does not know (no static shape)."""
+    info = mg.tensors.get(tensor)
+    return info is None or info.shape is None
 
 
 def _key_name(key: tuple[str, ...]) -> str:

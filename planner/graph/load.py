@@ -27,6 +27,7 @@ from onnx import numpy_helper
 from cost.opcost import OpCost
 from cost.tensor import TensorInfo
 from planner.graph.aliases import AliasReport, separate_merged_weights
+from planner.graph.constants import folded_constants
 from planner.graph.fold import evaluate_folded, folded_nodes
 from planner.graph.onnx_io import (
     UNTRAINED_KINDS,
@@ -40,10 +41,10 @@ from planner.graph.onnx_io import (
 from planner.graph.params import Param, WeightViews, find_params, numel_of, weight_views
 from planner.graph.price import price_graph
 from planner.graph.scopes import scope_of
+from planner.graph.shape_fallback import fallback_shapes
 from planner.graph.shapes import (
     ShapeBindings,
     bind_input_shapes,
-    fallback_shapes,
     infer_shapes,
     real_graph_inputs,
     tensor_info_from_value_info,
@@ -76,6 +77,8 @@ class ModelGraph:
     weights: WeightViews = field(default_factory=lambda: WeightViews({}, set()))
     #: weights the exporter merged with equal ones, and whether they were separated
     aliases: AliasReport = field(default_factory=AliasReport)
+    #: float initializers that are folded constants (masks, tables): name -> evidence
+    folded_constants: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -140,23 +143,32 @@ def load_graph(
     known = _statics(g, path.parent)
     nodes = list(g.node)
     names = unique_node_names(nodes)
+    folded = folded_constants(g.initializer, path.parent)
     untrained = frozenset(
         t for t, kind in torch_input_kinds(model.graph).items() if kind in UNTRAINED_KINDS
-    )
+    ) | frozenset(folded)
     params = find_params(nodes, names, g.initializer, known.constant_tensors, untrained)
     static_before = known.initializers | set(known.constants) | set(known.constant_tensors)
-    folded = folded_nodes(nodes, names, set(params), static_before)
-    _fold(nodes, names, folded, known)
+    folded_ops = folded_nodes(nodes, names, set(params), static_before)
+    _fold(nodes, names, folded_ops, known)
     weights = weight_views(
-        nodes, names, set(params), folded, set(known.constants) | known.initializers
+        nodes, names, set(params), folded_ops, set(known.constants) | known.initializers
     )
-    graph = _build_graph(nodes, names, folded, weights.nodes, known.tensors)
+    graph = _build_graph(nodes, names, folded_ops, weights.nodes, known.tensors)
     static = known.initializers | set(known.constants) | set(known.constant_tensors)
     warnings += price_graph(
         graph, nodes, names, known.tensors, known.constants, weights.tensors, static
     )
     if aliases.summary():
         warnings.insert(0, aliases.summary())
+    folded = {t: why for t, why in folded.items() if t in params}
+    if folded:
+        first = next(iter(folded))
+        warnings.append(
+            f"{len(folded)} initializer(s) are constants the exporter folded (e.g. {first}: "
+            f"{folded[first]}, {sum(params[t].numel for t in folded):,} values): held as "
+            "buffers, never trained"
+        )
     inlined = [p for p in params.values() if p.source == "constant" and p.numel > 65536]
     if inlined:
         warnings.append(
@@ -181,6 +193,7 @@ def load_graph(
         has_weights=known.has_weights,
         weights=weights,
         aliases=aliases,
+        folded_constants=folded,
         warnings=warnings,
     )
 

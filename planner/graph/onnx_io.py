@@ -84,6 +84,35 @@ def check_external_data_paths(model: onnx.ModelProto, model_dir: Path) -> None:
                 f"external data of tensor '{tensor.name}' points outside the model's "
                 f"folder ('{location}'): refused"
             )
+        _check_external_numbers(tensor)
+
+
+def _check_external_numbers(tensor: onnx.TensorProto) -> None:
+    """`offset` and `length` of external data are non-negative integers (the ONNX spec
+    stores them as strings: '1024000.0' is not one), and `length` fits the tensor."""
+    entries = {e.key: e.value for e in tensor.external_data}
+    for key in ("offset", "length"):
+        if key in entries and not entries[key].isdigit():
+            raise PipeplanError(
+                f"external data of tensor '{tensor.name}' has {key} '{entries[key]}': "
+                "not a non-negative integer"
+            )
+    if "length" in entries and tensor.data_type in _ITEMSIZE:
+        needed = int(np.prod(list(tensor.dims))) * _ITEMSIZE[tensor.data_type]
+        if int(entries["length"]) < needed:
+            raise PipeplanError(
+                f"external data of tensor '{tensor.name}' has length {entries['length']}, "
+                f"but its shape {list(tensor.dims)} needs {needed} bytes"
+            )
+
+
+#: bytes per element of the fixed-size ONNX element types
+_ITEMSIZE = {
+    onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2,
+    onnx.TensorProto.BFLOAT16: 2, onnx.TensorProto.INT64: 8, onnx.TensorProto.INT32: 4,
+    onnx.TensorProto.INT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
+    onnx.TensorProto.BOOL: 1,
+}  # fmt: skip
 
 
 def _first_line(exc: BaseException) -> str:

@@ -4,17 +4,15 @@
    (`--dim NAME=VALUE`, `--batch N`, `--input-shape NAME=AxBxC`) and refuses, naming the
    dimension and the input, anything left symbolic or unknown.
 2. `infer_shapes` runs ONNX shape inference with data propagation (so Shape -> Gather ->
-   Concat -> Reshape chains resolve), then `fallback_shapes` fills what it left unknown
-   for the common operator families (elementwise broadcasting, MatMul, Gemm, Transpose,
-   Reshape with a constant target, Concat, normalisations).
+   Concat -> Reshape chains resolve), then `shape_fallback.fallback_shapes` fills what it
+   left unknown, by operator rules over the folded constants.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 
 from cost.errors import PipeplanError
@@ -100,6 +98,7 @@ def bind_input_shapes(model: onnx.ModelProto, bindings: ShapeBindings) -> dict[s
                 f"--input-shape names '{name}', which is not a graph input "
                 f"(inputs: {', '.join(sorted(names)) or 'none'})"
             )
+    _check_dims_and_batch(model, inputs, bindings)
     symbols: dict[str, int] = dict(bindings.dims)
     # First pass: learn symbol values from whole-input shapes and --batch.
     for vi in inputs:
@@ -167,6 +166,38 @@ def bind_input_shapes(model: onnx.ModelProto, bindings: ShapeBindings) -> dict[s
     return symbols
 
 
+def _check_dims_and_batch(model: onnx.ModelProto, inputs, bindings: ShapeBindings) -> None:
+    """Refuse bindings that would silently do nothing: a `--dim` no tensor of the graph
+    names, and a `--batch` that differs from a model's fixed batch."""
+    named = {
+        d.dim_param
+        for vi in (*inputs, *model.graph.output, *model.graph.value_info)
+        for d in vi.type.tensor_type.shape.dim
+        if d.HasField("dim_param") and d.dim_param
+    }
+    for name in bindings.dims:
+        if name not in named:
+            raise PipeplanError(
+                f"--dim {name}: no dimension of the model is named '{name}' (named: "
+                f"{', '.join(sorted(named)) or 'none; the model has only fixed dimensions'})"
+            )
+    if bindings.batch is None:
+        return
+    firsts = [
+        (vi.name, vi.type.tensor_type.shape.dim[0])
+        for vi in inputs
+        if vi.name not in bindings.input_shapes and len(vi.type.tensor_type.shape.dim) > 0
+    ]
+    free = [n for n, d in firsts if not (d.HasField("dim_value") and d.dim_value > 0)]
+    fixed = [(n, d.dim_value) for n, d in firsts if d.HasField("dim_value") and d.dim_value > 0]
+    if not free and any(v != bindings.batch for _, v in fixed):
+        name, value = next((n, v) for n, v in fixed if v != bindings.batch)
+        raise PipeplanError(
+            f"--batch {bindings.batch}: the model's batch is fixed at {value} (input "
+            f"'{name}'); export it with a dynamic batch dimension, or leave out --batch"
+        )
+
+
 def infer_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """ONNX shape inference with data propagation; warnings instead of failures."""
     warnings: list[str] = []
@@ -194,186 +225,3 @@ def tensor_info_from_value_info(vi: onnx.ValueInfoProto) -> TensorInfo | None:
             return None
         dims.append(d.dim_value)
     return TensorInfo(vi.name, tuple(dims), tensor_type.elem_type)
-
-
-# --------------------------------------------------------------------------------------
-# Fallback inference for what ONNX left unknown.
-
-_SAME_SHAPE = frozenset(
-    [
-        "Relu",
-        "LeakyRelu",
-        "Gelu",
-        "Sigmoid",
-        "HardSigmoid",
-        "HardSwish",
-        "Clip",
-        "Tanh",
-        "Erf",
-        "Sqrt",
-        "Exp",
-        "Log",
-        "Neg",
-        "Abs",
-        "Reciprocal",
-        "Softmax",
-        "LogSoftmax",
-        "Dropout",
-        "Identity",
-        "Cast",
-        "CastLike",
-        "BatchNormalization",
-        "LayerNormalization",
-        "GroupNormalization",
-        "InstanceNormalization",
-        "Elu",
-        "Selu",
-        "Softplus",
-        "Mish",
-        "Sin",
-        "Cos",
-        "Floor",
-        "Ceil",
-        "Round",
-        "Not",
-        "Sign",
-        "IsNaN",
-        "Trilu",
-        "CumSum",
-        "PRelu",
-    ]
-)
-_BROADCAST = frozenset(
-    [
-        "Add",
-        "Sub",
-        "Mul",
-        "Div",
-        "Pow",
-        "Where",
-        "Equal",
-        "Less",
-        "Greater",
-        "LessOrEqual",
-        "GreaterOrEqual",
-        "And",
-        "Or",
-        "Max",
-        "Min",
-        "Sum",
-        "Mean",
-        "Mod",
-    ]
-)
-
-
-def _broadcast(shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
-    return tuple(np.broadcast_shapes(*shapes))
-
-
-def fallback_shapes(
-    nodes: Sequence[onnx.NodeProto],
-    known: dict[str, TensorInfo],
-    constants: Mapping[str, np.ndarray],
-) -> int:
-    """Infer shapes ONNX left unknown, in node order; return how many were filled."""
-    filled = 0
-    for node in nodes:
-        outs = [o for o in node.output if o]
-        if not outs or all(o in known for o in outs):
-            continue
-        ins = [known.get(i) if i else None for i in node.input]
-        shape = _fallback_one(node, ins, constants)
-        if shape is None:
-            continue
-        dtype = _output_dtype(node, ins)
-        if outs[0] not in known:
-            known[outs[0]] = TensorInfo(outs[0], shape, dtype)
-            filled += 1
-    return filled
-
-
-#: Operators whose output is boolean whatever their inputs are.
-_BOOL_RESULT = frozenset(
-    {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not",
-     "IsNaN", "IsInf"}
-)  # fmt: skip
-
-
-def _output_dtype(node: onnx.NodeProto, ins: list[TensorInfo | None]) -> int:
-    """The element type of a node's first output, as the ONNX operator specs define it."""
-    op = node.op_type
-    if op in _BOOL_RESULT:
-        return onnx.TensorProto.BOOL
-    if op == "Cast":
-        return next((a.i for a in node.attribute if a.name == "to"), onnx.TensorProto.FLOAT)
-    if op in ("Where", "CastLike") and len(ins) > 1 and ins[1] is not None:
-        return ins[1].dtype  # Where(cond, x, y): x's type; CastLike(x, like): like's
-    return next((t.dtype for t in ins if t is not None), onnx.TensorProto.FLOAT)
-
-
-def _fallback_one(node, ins, constants) -> tuple[int, ...] | None:
-    op = node.op_type
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    first = ins[0] if ins else None
-    try:
-        if op in _SAME_SHAPE and first is not None and first.shape is not None:
-            return first.shape
-        if op in _BROADCAST and ins and all(t is not None and t.shape is not None for t in ins):
-            return _broadcast([t.shape for t in ins])
-        if (
-            op == "MatMul"
-            and len(ins) == 2
-            and all(t is not None and t.shape is not None for t in ins)
-        ):
-            a, b = ins[0].shape, ins[1].shape
-            a2 = a if len(a) > 1 else (1, *a)
-            b2 = b if len(b) > 1 else (*b, 1)
-            batch = _broadcast([a2[:-2], b2[:-2]])
-            out = (*batch, a2[-2], b2[-1])
-            if len(a) == 1:
-                out = out[:-2] + out[-1:]
-            if len(b) == 1:
-                out = out[:-1]
-            return out
-        if (
-            op == "Gemm"
-            and len(ins) >= 2
-            and all(t is not None and t.shape is not None for t in ins[:2])
-        ):
-            a, b = ins[0].shape, ins[1].shape
-            m = a[1] if attrs.get("transA", 0) else a[0]
-            n = b[0] if attrs.get("transB", 0) else b[1]
-            return (m, n)
-        if op == "Transpose" and first is not None and first.shape is not None:
-            perm = attrs.get("perm") or list(reversed(range(len(first.shape))))
-            return tuple(first.shape[p] for p in perm)
-        if (
-            op == "Reshape"
-            and first is not None
-            and first.shape is not None
-            and len(node.input) > 1
-        ):
-            target = constants.get(node.input[1])
-            if target is None:
-                return None
-            target = [int(v) for v in np.asarray(target).reshape(-1)]
-            out = [
-                first.shape[i] if v == 0 and not attrs.get("allowzero", 0) else v
-                for i, v in enumerate(target)
-            ]
-            if -1 in out:
-                known_part = int(np.prod([v for v in out if v != -1]))
-                out[out.index(-1)] = first.numel // max(known_part, 1)
-            return tuple(out)
-        if op == "Flatten" and first is not None and first.shape is not None:
-            axis = attrs.get("axis", 1) % (len(first.shape) or 1)
-            return (int(np.prod(first.shape[:axis])), int(np.prod(first.shape[axis:])))
-        if op == "Concat" and ins and all(t is not None and t.shape is not None for t in ins):
-            axis = attrs.get("axis", 0) % len(ins[0].shape)
-            out = list(ins[0].shape)
-            out[axis] = sum(t.shape[axis] for t in ins)
-            return tuple(out)
-    except (ValueError, IndexError, ZeroDivisionError):
-        return None
-    return None
