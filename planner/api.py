@@ -94,6 +94,12 @@ def _check_settings(lg: LayerGraph, cluster: Cluster, config: PlanConfig) -> Non
     n = len(lg.layers)
     if cluster.num_devices < 1:
         raise PipeplanError("the cluster has no devices")
+    if config.recompute and config.schedule == "zb" and config.training:
+        raise PipeplanError(
+            "--recompute with --schedule zb is not supported: the runner recomputes a "
+            "stage's forward for each backward pass, so B and W would both pay it "
+            "(use 1f1b, interleaved or gpipe; auto skips zb with --recompute)"
+        )
     if config.stages is not None:
         if config.stages > n:
             raise PipeplanError(

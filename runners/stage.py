@@ -4,6 +4,12 @@ Backward comes in two halves, as zero-bubble schedules need them (Qi et al., ICL
 `backward_input` (B) computes the gradients of the stage's inputs, keeping the graph;
 `backward_weight` (W) then computes the parameters' gradients. Schedules that do not split
 backward call `backward` (both at once).
+
+With `recompute` (the plan's `--recompute`), the stage's forward runs under
+`torch.utils.checkpoint` (non-reentrant): only the stage's inputs are kept per micro-batch,
+and the forward runs again when its backward starts (Chen et al. 2016), as the planner
+prices it. Zero-bubble schedules are refused with recomputation (planner.api): their W
+pass would recompute once more.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from exporters.manifest import StageFile
 
@@ -25,10 +32,18 @@ class Saved:
 
 
 class StageRunner:
-    def __init__(self, spec: StageFile, module: torch.fx.GraphModule, training: bool):
+    def __init__(
+        self,
+        spec: StageFile,
+        module: torch.fx.GraphModule,
+        training: bool,
+        *,
+        recompute: bool = False,
+    ):
         self.spec = spec
         self.module = module
         self.training = training
+        self.recompute = recompute and training
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.saved: dict[int, Saved] = {}
 
@@ -46,7 +61,10 @@ class StageRunner:
                 leaves[t.name] = value
             args.append(value)
         with torch.set_grad_enabled(self.training):
-            outs = self.module(*args)
+            if self.recompute:
+                outs = checkpoint(self.module, *args, use_reentrant=False)
+            else:
+                outs = self.module(*args)
         result = dict(zip((o.name for o in self.spec.outputs), outs, strict=True))
         if self.training:
             self.saved[microbatch] = Saved(inputs=leaves)

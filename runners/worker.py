@@ -70,6 +70,8 @@ class Rank:
             else None
         )
         self.stages: dict[int, StageRunner] = {}
+        # the plan's --recompute: each stage keeps only its inputs per micro-batch
+        self.recompute = self.training and bool(self.manifest.plan_config.get("recompute"))
         from runners.onnx_to_torch import convert
 
         for st in self.manifest.stages:
@@ -77,7 +79,9 @@ class Rank:
                 module = convert(str(self.bundle / st.file), seed=args.seed)
                 if self.torch_device is not None:
                     module = module.to(self.torch_device)
-                self.stages[st.index] = StageRunner(st, module, self.training)
+                self.stages[st.index] = StageRunner(
+                    st, module, self.training, recompute=self.recompute
+                )
         self.program = [
             a
             for a in self.manifest.schedule.actions[self.device]

@@ -166,6 +166,12 @@ def build_problem(mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: Plan
         bwd = tuple(
             sum(backward_seconds(c, g.spec, dtype, sig) for c, sig in costs) for g in groups
         )
+        if config.recompute and config.training:
+            # full recomputation: the stage's forward runs again just before its backward
+            # (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"; Korthikanti
+            # et al. 2022: one extra forward). It belongs to B, the input-gradient step that
+            # needs the activations; W (weight gradients) follows and is unchanged.
+            bwd = tuple(b + f for b, f in zip(bwd, fwd, strict=True))
         wgrad = tuple(
             sum(
                 backward_seconds(c, g.spec, dtype, sig) * weight_grad_fraction(c)

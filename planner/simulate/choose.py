@@ -113,6 +113,8 @@ def choose_schedule(problem: Problem, a: Assignment) -> tuple[TimedPipeline, lis
     the fastest that fits wins. Returns it and every one tried."""
     cfg = problem.config
     kinds = ["1f1b", "zb", "interleaved", "gpipe"] if cfg.schedule == "auto" else [cfg.schedule]
+    if cfg.recompute and problem.training and cfg.schedule == "auto":
+        kinds.remove("zb")  # its split backward would recompute twice (planner.api)
     tried: list[TimedPipeline] = []
     for kind in kinds:
         try:
