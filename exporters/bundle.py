@@ -156,7 +156,7 @@ def _write_bundle(mg: ModelGraph, plan: Plan, stages, out: Path, source_dir: Pat
         version = "0+unknown"
     return Manifest(
         pipeplan_version=version,
-        model_path=str(mg.path),
+        model_path=str(mg.path.resolve()),  # absolute: `run --check` from anywhere
         graph_hash=mg.graph_hash,
         microbatch_size=plan.model.microbatch_size,
         microbatches=plan.config.microbatches,

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from cost.cluster import Cluster
+from cost.errors import PipeplanError
 from planner.plan_file import Routing
 from planner.schedule.actions import Schedule
 
@@ -63,7 +65,10 @@ class SharedWeight(BaseModel):
 class Manifest(BaseModel):
     manifest_version: int = MANIFEST_VERSION
     pipeplan_version: str
-    model_path: str
+    model_path: str = Field(
+        description="the source model, absolute (the reference of `run --check`); older bundles: "
+        "relative to where export ran"
+    )
     graph_hash: str
     microbatch_size: int
     microbatches: int
@@ -80,3 +85,17 @@ class Manifest(BaseModel):
         None, description="the plan's schedule: kind, microbatches, actions per device"
     )
     plan_config: dict[str, Any]
+
+    def source_model(self, root: Path) -> Path:
+        """The source model (`run --check`'s reference): absolute in new bundles; older
+        ones are tried relative to the bundle's parent and the working folder. Raises
+        `PipeplanError` naming it when it is not there."""
+        p = Path(self.model_path)
+        candidates = [p] if p.is_absolute() else [root.parent / p, Path.cwd() / p, root / p]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise PipeplanError(
+            f"--check needs the source model as its reference, and {self.model_path} is "
+            "not there (moved? export the bundle again, or run without --check)"
+        )

@@ -106,6 +106,8 @@ def run(
         raise PipeplanError(f"--steps must be at least 1 (got {steps})")
     if mode not in ("train", "infer"):
         raise PipeplanError(f"--mode must be train or infer (got {mode})")
+    if check and mode == "infer" and manifest.weights == "present":
+        manifest.source_model(root)  # the reference must be there before ranks start
     out = Path(tempfile.mkdtemp(prefix="pipeplan-run-"))
     try:
         _launch(

@@ -1,15 +1,22 @@
 """`--check`: distributed results against a reference computed in one process.
 
 * Inference: the last stage's outputs against onnxruntime on the whole original model
-  (or, when that file is not at hand, on the bundle's stage models chained in order).
+  (`manifest.model_path`; a missing model is an error, never a silent comparison of the
+  stages with themselves). A graph-only source (weights absent, random weights in the
+  run) is compared with the stage models chained in onnxruntime, and says so.
 * Training: every stage's parameter gradients after one step against one process running
   the same converted stage graphs back to back on the same data (tied weights: gradients
-  summed over the stages holding a copy, as the run's all-reduce does). Relative
-  difference = max |a - b| / max |b| per tensor.
+  summed over the stages holding a copy, as the run's all-reduce does), with the ranks'
+  thread count (`OMP_NUM_THREADS`, 1 unless set: a different count changes the order of
+  floating-point sums). Relative difference = max |a - b| / scale per tensor, scale =
+  max |b| of the tensor, but at least `GRADIENT_FLOOR` of the largest gradient of the
+  step: a tensor whose gradient is near zero is judged on the step's scale, not its own.
 """
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +28,18 @@ from runners.report import CheckResult
 
 OUTPUT_TOLERANCE = 1e-4
 GRADIENT_TOLERANCE = 1e-4
+GRADIENT_FLOOR = 1e-3
+
+
+@contextmanager
+def ranks_threads():
+    """Run the reference with the ranks' intra-op thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(int(os.environ.get("OMP_NUM_THREADS", "1") or 1), 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _load_npz(folder: Path, prefix: str) -> dict[str, np.ndarray]:
@@ -36,9 +55,8 @@ def _ort_outputs(
 ) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
-    whole = Path(manifest.model_path)
-    if whole.exists() and manifest.weights == "present":
-        session = ort.InferenceSession(str(whole))
+    if manifest.weights == "present":
+        session = ort.InferenceSession(str(manifest.source_model(root)))
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(None, feeds), strict=True))
     env = dict(feeds)
@@ -52,6 +70,8 @@ def _ort_outputs(
 def check_outputs(
     root: Path, manifest: Manifest, folder: Path, *, seed: int, data: str | None
 ) -> CheckResult:
+    if manifest.weights == "present":
+        manifest.source_model(root)  # fail before any comparison
     got = _load_npz(folder, "outputs")
     source = DataSource(manifest, root, seed=seed, npz=data)
     worst_abs = worst_rel = 0.0
@@ -70,7 +90,12 @@ def check_outputs(
         max_rel_diff=worst_rel,
         tolerance=OUTPUT_TOLERANCE,
         passed=passed,
-        detail=f"{manifest.microbatches} micro-batches vs onnxruntime",
+        detail=f"{manifest.microbatches} micro-batches vs onnxruntime on "
+        + (
+            "the source model"
+            if manifest.weights == "present"
+            else "the stage models chained (the source has no weights)"
+        ),
     )
 
 
@@ -108,18 +133,30 @@ def reference_gradients(
     return grads
 
 
-def check_gradients(
-    root: Path, manifest: Manifest, folder: Path, *, seed: int, data: str | None
-) -> CheckResult:
-    got = _load_npz(folder, "grads")
-    ref = reference_gradients(root, manifest, seed=seed, data=data)
+def compare_gradients(
+    got: dict[str, np.ndarray], ref: dict[str, np.ndarray]
+) -> tuple[float, float, list[str]]:
+    """Worst absolute and relative difference (module docstring's scale) over the tensors
+    both sides have, and the keys only one side has."""
     missing = sorted(set(ref) ^ set(got))
+    largest = max((float(np.abs(b).max()) for b in ref.values() if b.size), default=0.0)
     worst_abs = worst_rel = 0.0
     for key in set(ref) & set(got):
         a, b = got[key], ref[key]
         diff = float(np.abs(a - b).max()) if a.size else 0.0
+        scale = max(float(np.abs(b).max()) if b.size else 0.0, GRADIENT_FLOOR * largest, 1e-30)
         worst_abs = max(worst_abs, diff)
-        worst_rel = max(worst_rel, diff / max(float(np.abs(b).max()), 1e-12))
+        worst_rel = max(worst_rel, diff / scale)
+    return worst_abs, worst_rel, missing
+
+
+def check_gradients(
+    root: Path, manifest: Manifest, folder: Path, *, seed: int, data: str | None
+) -> CheckResult:
+    got = _load_npz(folder, "grads")
+    with ranks_threads():
+        ref = reference_gradients(root, manifest, seed=seed, data=data)
+    worst_abs, worst_rel, missing = compare_gradients(got, ref)
     passed = not missing and worst_rel <= GRADIENT_TOLERANCE
     detail = f"{len(ref)} gradient tensors vs one process"
     if missing:
