@@ -15,6 +15,7 @@ from exporters.bundle import export
 from planner.api import plan
 from planner.config import PlanConfig
 from planner.graph.constants import constant_kind, is_anonymous
+from planner.graph.inspect import inspect_model
 from planner.graph.load import load_graph
 from planner.graph.shapes import ShapeBindings
 from runners.onnx_to_torch import convert
@@ -98,6 +99,9 @@ def test_parameters_are_torchs_under_every_recipe(exports, recipe):
         assert any("constants the exporter folded" in w for w in mg.warnings)
         for name in mg.folded_constants:
             assert not mg.params[name].trainable
+        report = inspect_model(files[recipe])
+        assert report.folded_constants == mg.folded_constants
+        assert report.params == mg.param_count
 
 
 @pytest.mark.parametrize("recipe", ["dynamo-default", "dynamo-training"])

@@ -59,6 +59,15 @@ class InspectReport(BaseModel):
     shared_weights: int = Field(
         0, description="weights read by several layers after separation (true ties)"
     )
+    folded_constants: dict[str, str] = Field(
+        default_factory=dict,
+        description="float initializers found to be constants the exporter folded (masks, "
+        "position tables), with the evidence: held as buffers, never trained",
+    )
+    unknown_shape_tensors: list[str] = Field(
+        default_factory=list,
+        description="tensors of unknown shape between operators; their layers are kept together",
+    )
     params: int = Field(description="trainable parameters, each shared weight counted once")
     param_bytes: int
     buffer_bytes: int = Field(
@@ -158,6 +167,8 @@ def report_of(mg: ModelGraph, lg: LayerGraph) -> InspectReport:
         merged_weights=len(mg.aliases.merges),
         merged_weights_separated=mg.aliases.separated,
         shared_weights=sum(1 for n in users.values() if n > 1),
+        folded_constants=mg.folded_constants,
+        unknown_shape_tensors=lg.unknown_shape_tensors,
         params=mg.param_count,
         param_bytes=mg.param_bytes,
         buffer_bytes=sum(p.nbytes for p in mg.params.values() if not p.trainable),
