@@ -83,9 +83,10 @@ def test_values_tell_masks_and_tables_from_weights():
 
 
 def test_names_the_exporters_make():
-    for name in ("onnx::MatMul_39", "/m/Constant_3_output_0", "val_12", "_val_3", "cat_1", "tril"):
+    for name in ("onnx::MatMul_39", "/m/Constant_3_output_0", "val_12", "_val_3", "cat_1", "tril",
+                 "m.transformer.h.1.attn.where"):  # fmt: skip
         assert is_anonymous(name), name
-    for name in ("blocks.0.ln1.weight", "m.model.embed_tokens.weight"):
+    for name in ("blocks.0.ln1.weight", "m.model.embed_tokens.weight", "m.wpe.bias"):
         assert not is_anonymous(name), name
 
 

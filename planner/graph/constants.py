@@ -13,9 +13,12 @@ used, strongest first:
    in both exporters; what the exporters create is named by them: TorchScript `onnx::Mul_12`
    or `/m/Constant_3_output_0`, onnxscript's folder `val_12` / `_val_12` or the torch.fx
    node that computed it (`cat_1`, `tril`), lifted tensors `c_lifted_tensor_0` /
-   `_tensor_constant0` (`ANONYMOUS`, or no dot at all). A folded *weight* (a `Transpose(W)`
-   folded into `onnx::MatMul_9` or `val_9`) and a root module's own parameter (timm's
-   `cls_token`) are named so too, so the name alone decides nothing.
+   `_tensor_constant0` (`ANONYMOUS`, or no dot at all, or a dotted path whose last part
+   is not `weight` or `bias`: `m.transformer.h.1.attn.where`). A folded *weight* (a
+   `Transpose(W)` folded into `onnx::MatMul_9` or `val_9`) and a module's own odd-named
+   parameter (timm's `cls_token`, `blocks.0.ls1.gamma`) are named so too, so the name
+   alone decides nothing; it only rules out `*.weight` / `*.bias` (an embedding with a
+   zero padding row would otherwise look like a table).
 3. **The values**, for an anonymous initializer whose data is present: a **mask** holds
    only {0, 1}, or only 0 and values <= -1e4 (additive masks use -inf or the dtype's
    minimum); a **position table** has two or more dimensions and a first row (position 0)
@@ -52,9 +55,17 @@ MASK_NEGATIVE = -1e4
 MAX_ELEMENTS = 1 << 25
 
 
+#: The attribute names torch modules give their parameters, which folded values never get.
+PARAMETER_LEAVES = frozenset({"weight", "bias"})
+
+
 def is_anonymous(name: str) -> bool:
-    """Whether an exporter, not torch's module path, may have named this tensor."""
-    return bool(ANONYMOUS.match(name)) or "." not in name
+    """Whether an exporter, not a module's parameter, may have named this tensor: an
+    exporter's pattern, no module path, or a last component that is not `weight` or
+    `bias` (dynamo names a folded value after the torch.fx node that computed it, under
+    its module's path: `m.transformer.h.1.attn.where`)."""
+    leaf = name.rsplit(".", 1)[-1]
+    return bool(ANONYMOUS.match(name)) or "." not in name or leaf not in PARAMETER_LEAVES
 
 
 def folded_constants(initializers, folder: Path) -> dict[str, str]:
