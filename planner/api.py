@@ -13,6 +13,7 @@ import os
 
 from cost.cluster import Cluster, load_cluster
 from cost.errors import DoesNotFitError, PipeplanError
+from cost.timings import phase
 from planner.assemble import assemble_plan
 from planner.config import PlanConfig
 from planner.graph.inspect import load_model
@@ -84,10 +85,13 @@ def _plan_once(
     mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: PlanConfig, bindings: ShapeBindings
 ) -> Plan:
     _check_settings(lg, cluster, config)
-    problem = build_problem(mg, lg, cluster, config)
+    with phase("problem"):
+        problem = build_problem(mg, lg, cluster, config)
     split = find_split(problem)
-    timed, tried = choose_schedule(problem, split.assignment)
-    return assemble_plan(mg, lg, problem, split, timed, tried, bindings)
+    with phase("simulate"):
+        timed, tried = choose_schedule(problem, split.assignment)
+    with phase("assemble"):
+        return assemble_plan(mg, lg, problem, split, timed, tried, bindings)
 
 
 def _check_settings(lg: LayerGraph, cluster: Cluster, config: PlanConfig) -> None:

@@ -7,6 +7,7 @@ import os
 from pydantic import BaseModel, Field
 
 from cost.tensor import dtype_name
+from cost.timings import phase
 from planner.config import DEFAULT_MAX_LAYER_SHARE
 from planner.graph.layers import LayerGraph, group_layers, load_layer_overrides
 from planner.graph.load import ModelGraph, load_graph
@@ -96,8 +97,11 @@ def load_model(
 ) -> tuple[ModelGraph, LayerGraph]:
     """Load and group: the first step of every command."""
     mg = load_graph(model, bindings, keep_merged_weights=keep_merged_weights)
-    overrides = load_layer_overrides(layers_file) if layers_file else None
-    lg = group_layers(mg, max_layer_share=max_layer_share, depth=layer_depth, overrides=overrides)
+    with phase("layers"):
+        overrides = load_layer_overrides(layers_file) if layers_file else None
+        lg = group_layers(
+            mg, max_layer_share=max_layer_share, depth=layer_depth, overrides=overrides
+        )
     return mg, lg
 
 

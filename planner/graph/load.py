@@ -26,6 +26,7 @@ from onnx import numpy_helper
 
 from cost.opcost import OpCost
 from cost.tensor import TensorInfo
+from cost.timings import phase
 from planner.graph.aliases import AliasReport, separate_merged_weights
 from planner.graph.constants import folded_constants
 from planner.graph.fold import evaluate_folded, folded_nodes
@@ -136,6 +137,11 @@ def load_graph(
     operator."""
     bindings = bindings or ShapeBindings()
     path = Path(path)
+    with phase("load"):
+        return _load_graph(path, bindings, keep_merged_weights)
+
+
+def _load_graph(path: Path, bindings: ShapeBindings, keep_merged_weights: bool) -> ModelGraph:
     model, aliases = separate_merged_weights(load_model_proto(path), keep=keep_merged_weights)
     symbols = bind_input_shapes(model, bindings)
     inferred, warnings = infer_shapes(model)
@@ -156,9 +162,10 @@ def load_graph(
     )
     graph = _build_graph(nodes, names, folded_ops, weights.nodes, known.tensors)
     static = known.initializers | set(known.constants) | set(known.constant_tensors)
-    warnings += price_graph(
-        graph, nodes, names, known.tensors, known.constants, weights.tensors, static
-    )
+    with phase("price"):
+        warnings += price_graph(
+            graph, nodes, names, known.tensors, known.constants, weights.tensors, static
+        )
     if aliases.summary():
         warnings.insert(0, aliases.summary())
     folded = {t: why for t, why in folded.items() if t in params}

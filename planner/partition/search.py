@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cost.errors import PipeplanError
+from cost.timings import phase
 from planner.partition.baselines import BASELINES
 from planner.partition.ilp.solve import solve_ilp
 from planner.partition.memory_fit import explain_does_not_fit
@@ -60,7 +61,8 @@ def baselines(problem: Problem) -> list[Candidate]:
 
 def find_split(problem: Problem) -> Split:
     """The split of `problem.config.strategy` (module docstring)."""
-    rows = baselines(problem)
+    with phase("baselines"):
+        rows = baselines(problem)
     fitting = [c for c in rows if c.evaluation.fits]
     best = min(fitting, key=lambda c: c.evaluation.objective, default=None)
     strategy = problem.config.strategy

@@ -91,32 +91,47 @@ def plan(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print PLAN.json to stdout instead of a table.")
     ] = False,
+    timings: Annotated[
+        bool,
+        typer.Option(
+            "--timings",
+            help="Print where planning time went, per phase (on stderr with --json).",
+        ),
+    ] = False,
     *,
     config,
 ) -> None:
     """Split a model across a cluster: fit memory, maximise throughput, explain why."""
+    import time
+
     from cost.files import write_text_atomic
+    from cost.timings import recording
     from planner.api import plan as make_plan
 
     check_output_file(output, "-o")
-    result = make_plan(
-        model,
-        cluster,
-        config,
-        bindings(dim, batch, input_shape),
-        layers_file=layers,
-        layer_depth=layer_depth,
-        keep_merged_weights=keep_merged_weights,
-    )
+    started = time.perf_counter()
+    with recording() as phases:
+        result = make_plan(
+            model,
+            cluster,
+            config,
+            bindings(dim, batch, input_shape),
+            layers_file=layers,
+            layer_depth=layer_depth,
+            keep_merged_weights=keep_merged_weights,
+        )
+    wall = time.perf_counter() - started
     warn(result.warnings)
     if output:
         write_text_atomic(output, result.model_dump_json(indent=2))
+    from runners.cli.render import print_plan, print_timings
+
     if json_out:
         print(result.model_dump_json(indent=2))
-        return
-    from runners.cli.render import print_plan
-
-    print_plan(result, output)
+    else:
+        print_plan(result, output)
+    if timings:
+        print_timings(phases, wall, stderr=json_out)
 
 
 @guarded

@@ -277,3 +277,19 @@ def print_profile(profile, path, console: Console | None = None) -> None:
     for what, value in profile_summary(profile):
         table.add_row(what, value)
     (console or wide_console()).print(table)
+
+
+def print_timings(phases: dict[str, float], wall_s: float, *, stderr: bool = False) -> None:
+    """Seconds per planning phase (`cost.timings`), and what no phase covers."""
+    console = Console(stderr=stderr)
+    table = Table(title="planning time by phase", title_justify="left")
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
+    for name, seconds in phases.items():
+        table.add_row(name, f"{seconds:.3f}", f"{seconds / wall_s:.0%}" if wall_s else "-")
+    other = max(wall_s - sum(phases.values()), 0.0)
+    table.add_row("other (cluster file, checks, sweeps)", f"{other:.3f}",
+                  f"{other / wall_s:.0%}" if wall_s else "-")  # fmt: skip
+    table.add_row("total", f"{wall_s:.3f}", "100%", style="bold")
+    console.print(table)

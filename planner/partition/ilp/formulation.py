@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 import pulp
 
 from cost.memory import in_flight_from_end
+from cost.timings import phase
 from planner.partition.bounds import lower_bound
 from planner.partition.problem import Problem
 
@@ -118,7 +119,8 @@ def build_milp(problem: Problem, floor: float = 0.0) -> Milp:
     add_symmetry(lp, v, problem)
     objective = objective_of(v, problem)
     lp += objective
-    bound = max(lower_bound(problem, v.J), floor)
+    with phase("bound"):
+        bound = max(lower_bound(problem, v.J), floor)
     lp += objective >= bound * v.tscale * (1 - 1e-9), "analytic_bound"
     return Milp(lp, v, bound)
 

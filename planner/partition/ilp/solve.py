@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cost.timings import phase
 from planner.partition.baselines import BASELINES
 from planner.partition.bounds import tail_bound
 from planner.partition.ilp.backends import SolveResult, solve
@@ -128,7 +129,8 @@ def solve_milp(
     """The MILP (with the step tail when `problem` has optimizer steps), warm-started from
     `warm`; `floor`: a known lower bound on its optimum, added as a cut."""
     start = time.perf_counter()
-    milp = build_milp(problem, floor)
+    with phase("milp build"):
+        milp = build_milp(problem, floor)
     v = milp.v
     warm_ev = evaluate(problem, warm) if warm is not None and warm.num_stages <= v.J else None
     if warm_ev is not None and warm_ev.fits:
@@ -139,7 +141,8 @@ def solve_milp(
     build_seconds = time.perf_counter() - start
     cfg = problem.config
     limit = cfg.time_limit_s if time_limit is None else time_limit
-    result = solve(milp.lp, backend=cfg.solver, time_limit=limit)
+    with phase("milp solve"):
+        result = solve(milp.lp, backend=cfg.solver, time_limit=limit)
     result = SolveResult(
         result.backend,
         result.status,
