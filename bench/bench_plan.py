@@ -13,6 +13,9 @@
    solver's status and gap. The `pipedream` baseline's wall time is the peer measured alongside.
 
     python bench/bench_plan.py [--repeat 3]
+    python bench/bench_plan.py --matrix [--repeat 3] [--only NAME] [--models gpt_xl,llama8b,resnet152]
+
+`--matrix`: planning time and gap on a grid of 25 clusters x 3 models (bench/plan_matrix.py).
 """
 
 from __future__ import annotations
@@ -134,7 +137,18 @@ def speed(repeat: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--matrix", action="store_true", help="the cluster grid (plan_matrix.py)")
+    parser.add_argument("--only", default=None, help="--matrix: clusters whose name has this")
+    parser.add_argument("--models", default="gpt_xl,llama8b,resnet152", help="--matrix: models")
     args = parser.parse_args()
+    if args.matrix:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from plan_matrix import HEADER, run_matrix, summary
+
+        print(HEADER, flush=True)
+        rows = run_matrix(args.repeat, args.only, args.models.split(","))
+        print("\n" + summary(rows))
+        return
     print(
         json.dumps({"quality_hetero_gpt": quality(), "speed_gpt_xl": speed(args.repeat)}, indent=2)
     )
