@@ -16,13 +16,13 @@ from tests.exporting import export
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pipeplan(*args: str) -> subprocess.CompletedProcess:
+def pipeplan(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "runners.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=120,
+        timeout=timeout,
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from exporters.manifest import Manifest
 from planner.graph.inspect import inspect_model
 from planner.graph.shapes import ShapeBindings
 from tests import corpus
+from tests.test_cli_errors import pipeplan
 from tests.test_export import feeds_for, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,14 +52,8 @@ def exported(folder: Path, name: str, exporter: str) -> Path:
     return _FILES[key]
 
 
-def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "runners.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-    )
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return pipeplan(*args, timeout=600)
 
 
 def ok(result: subprocess.CompletedProcess) -> None:

@@ -31,13 +31,12 @@ from planner.graph.aliases import AliasReport, separate_merged_weights
 from planner.graph.constants import folded_constants
 from planner.graph.fold import evaluate_folded, folded_nodes
 from planner.graph.onnx_io import (
-    UNTRAINED_KINDS,
     constant_value,
     external_data_location,
     load_model_proto,
     np_to_onnx_dtype,
-    torch_input_kinds,
     unique_node_names,
+    untrained_tensors,
 )
 from planner.graph.params import Param, WeightViews, find_params, numel_of, weight_views
 from planner.graph.price import price_graph
@@ -150,9 +149,7 @@ def _load_graph(path: Path, bindings: ShapeBindings, keep_merged_weights: bool) 
     nodes = list(g.node)
     names = unique_node_names(nodes)
     folded = folded_constants(g.initializer, path.parent)
-    untrained = frozenset(
-        t for t, kind in torch_input_kinds(model.graph).items() if kind in UNTRAINED_KINDS
-    ) | frozenset(folded)
+    untrained = untrained_tensors(model.graph) | frozenset(folded)
     params = find_params(nodes, names, g.initializer, known.constant_tensors, untrained)
     static_before = known.initializers | set(known.constants) | set(known.constant_tensors)
     folded_ops = folded_nodes(nodes, names, set(params), static_before)

@@ -187,3 +187,9 @@ def torch_input_kinds(graph: onnx.GraphProto) -> dict[str, str]:
             if prop.key == TORCH_INPUT_KIND:
                 kinds[vi.name] = prop.value
     return kinds
+
+
+def untrained_tensors(graph: onnx.GraphProto) -> frozenset[str]:
+    """Tensors torch.export recorded as buffers or constants: never trained (the planner
+    and the runner both ask this one question)."""
+    return frozenset(t for t, kind in torch_input_kinds(graph).items() if kind in UNTRAINED_KINDS)

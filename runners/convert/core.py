@@ -26,7 +26,7 @@ import torch.fx as fx
 from torch import nn
 
 from cost.opcost import is_data_input
-from planner.graph.onnx_io import UNTRAINED_KINDS, torch_input_kinds
+from planner.graph.onnx_io import untrained_tensors
 from runners.convert import weights as W
 
 Value = fx.Node | torch.Tensor
@@ -165,9 +165,7 @@ class Converter:
         for o in self.model.graph.output:
             if o.name in inits:
                 trainable.add(o.name)
-        untrained = {
-            t for t, kind in torch_input_kinds(self.model.graph).items() if kind in UNTRAINED_KINDS
-        }
+        untrained = untrained_tensors(self.model.graph)
         params = set()
         for name in trainable - untrained:
             t = inits[name]
