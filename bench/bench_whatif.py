@@ -8,6 +8,11 @@ fresh `whatif` call in this process (model load included): *cold* with an empty 
 folder, *cached* with the folder the cold run filled. Median of `--repeat` runs each.
 
     python bench/bench_whatif.py [--repeat 3]
+    python bench/bench_whatif.py --two-node [--repeat 3]
+
+`--two-node` (issue 15): the default sweep (the cluster, x2 and x4 of its kind, with
+data parallelism) on 2 x 8 A100-80GB (NVLink3 inside, InfiniBand HDR between), GPT-XL
+shape `--batch 1 --dtype bf16`.
 
 Prints one JSON object: timings, plans solved and served, and the sweep's rows.
 """
@@ -27,13 +32,30 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "samples" / "models" / "gpt_xl.onnx"
 
 
-def sweep(cache_dir: Path):
+TWO_NODE = {
+    "name": "a100x16",
+    "nodes": [{"devices": "8x A100-80GB", "link": "NVLink3"}] * 2,
+    "inter_node_link": "IB-HDR",
+}
+
+
+def sweep(cache_dir: Path, two_node: bool = False):
     from cost.cluster import cluster_from_dict
     from planner.config import PlanConfig
     from planner.graph.shapes import ShapeBindings
     from planner.whatif.analysis import whatif
     from planner.whatif.cache import PlanCache
 
+    if two_node:
+        t0 = time.perf_counter()
+        report = whatif(
+            MODEL,
+            cluster_from_dict(TWO_NODE),
+            PlanConfig(dtype="bf16"),
+            ShapeBindings(batch=1),
+            cache=PlanCache(cache_dir),
+        )
+        return time.perf_counter() - t0, report
     base = cluster_from_dict(
         {"name": "h100x1", "nodes": [{"devices": "1x H100-80GB", "link": "NVLink4"}]}
     )
@@ -52,16 +74,17 @@ def sweep(cache_dir: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--two-node", action="store_true", help="the default sweep on 2x8 A100")
     args = parser.parse_args()
     cold, warm = [], []
     solved = served = 0
     report = None
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory(prefix="pipeplan-bench-") as tmp:
-            seconds, report = sweep(Path(tmp))
+            seconds, report = sweep(Path(tmp), args.two_node)
             cold.append(seconds)
             solved = report.cache_misses
-            seconds, cached = sweep(Path(tmp))
+            seconds, cached = sweep(Path(tmp), args.two_node)
             warm.append(seconds)
             served = cached.cache_hits
             assert cached.cache_misses == 0
@@ -70,8 +93,13 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
     out = {
-        "benchmark": "whatif sweep 1..16 H100-80GB, gpt_xl.onnx --batch 1 (ILP, PP x DP)",
-        "command": f"python bench/bench_whatif.py --repeat {args.repeat}",
+        "benchmark": (
+            "whatif default sweep on 2x8 A100-80GB / IB-HDR, gpt_xl.onnx --batch 1 bf16"
+            if args.two_node
+            else "whatif sweep 1..16 H100-80GB, gpt_xl.onnx --batch 1 (ILP, PP x DP)"
+        ),
+        "command": f"python bench/bench_whatif.py --repeat {args.repeat}"
+        + (" --two-node" if args.two_node else ""),
         "commit": commit,
         "python": platform.python_version(),
         "scenarios": len(report.rows),
@@ -79,6 +107,7 @@ def main() -> None:
         "cold_seconds": [round(x, 2) for x in cold],
         "cached_seconds_median": round(statistics.median(warm), 2),
         "cached_seconds": [round(x, 2) for x in warm],
+        "cached_over_cold": round(statistics.median(warm) / statistics.median(cold), 3),
         "plans_solved_cold": solved,
         "plans_served_cached": served,
         "rows": [

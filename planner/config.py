@@ -34,6 +34,7 @@ CLI_FLAGS: dict[str, tuple[str, ...]] = {
     "auto_microbatches": (),
     "time_limit_s": ("--time-limit",),
     "memory_headroom": ("--headroom",),
+    "chain_dp": ("--chain-dp/--no-chain-dp",),
 }
 
 
@@ -84,6 +85,11 @@ class PlanConfig(BaseModel):
         None, description="Fix the number of pipeline stages (default: the planner picks)."
     )
     solver: Solver = Field("highs", description="MILP backend; CBC is also the fallback.")
+    chain_dp: bool = Field(
+        True,
+        description="Split chains (layers with few topological orders) with the exact dynamic "
+        "programme first; the MILP only where it leaves a gap (off: always the MILP).",
+    )
 
     @field_validator("microbatches")
     @classmethod

@@ -169,7 +169,10 @@ class Simulation(BaseModel):
 
 class SolverReport(BaseModel):
     strategy: str
-    backend: str
+    backend: str = Field(
+        description="dp (the chain dynamic programme, planner.partition.chain_dp), highs, "
+        "cbc, or none (a baseline)"
+    )
     status: str = Field(
         description="optimal, near_optimal (proven within `gap`, at most the config's "
         "tail_gap: solved without the optimizer-step tail), time_limit (best found, not "

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from cost.timings import phase, recording
 from planner.api import plan
 from planner.config import PlanConfig
@@ -15,6 +17,9 @@ from tests.test_cli_errors import pipeplan
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ["load", "price", "layers", "problem", "baselines", "milp build", "bound",
           "milp solve", "simulate", "assemble"]  # fmt: skip
+#: a chain answered by the dynamic programme: no MILP
+DP_PHASES = ["load", "price", "layers", "problem", "baselines", "chain dp", "simulate",
+             "assemble"]  # fmt: skip
 
 
 def test_phases_are_exclusive_and_accumulate():
@@ -39,15 +44,16 @@ def test_nothing_is_recorded_outside_a_recording():
     assert phases == {}
 
 
-def test_a_plan_reports_every_phase_of_its_data_path():
+@pytest.mark.parametrize("chain_dp", [True, False])
+def test_a_plan_reports_every_phase_of_its_data_path(chain_dp):
     with recording() as phases:
         plan(
             ROOT / "samples/models/gpt.onnx",
             ROOT / "samples/clusters/mixed.yaml",
-            PlanConfig(),
+            PlanConfig(chain_dp=chain_dp),
             ShapeBindings(batch=8),
         )
-    assert list(phases) == PHASES
+    assert list(phases) == (DP_PHASES if chain_dp else PHASES)
     assert all(v >= 0 for v in phases.values())
 
 
@@ -55,6 +61,7 @@ def test_cli_timings_keep_json_stdout_clean():
     r = pipeplan(
         "plan", str(ROOT / "samples/models/mlp.onnx"), "-c",
         str(ROOT / "samples/clusters/mixed.yaml"), "--batch", "8", "--json", "--timings",
+        "--no-chain-dp",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     json.loads(r.stdout)

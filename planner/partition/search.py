@@ -1,10 +1,18 @@
-"""Find the split: every baseline, then the exact ILP warm-started from the best of them.
+"""Find the split: every baseline, then the exact methods warm-started from the best.
 
 All strategies are priced by one cost model (`planner.partition.objective.evaluate`), so
-their figures compare. With `strategy: ilp` the MILP (`planner.partition.ilp`) starts
-from the best baseline that fits; when the solver fails outright, the best baseline is
-returned (`baseline_fallback`). A split that cannot fit raises `DoesNotFitError` with the
-shortfall and the fewest devices that would fit (`planner.partition.memory_fit`).
+their figures compare. With `strategy: ilp`:
+
+1. When the layers have few topological orders (chains, chains with side inputs), the
+   dynamic programme of `planner.partition.chain_dp` runs first. It usually proves its
+   plan optimal (backend `dp`), in well under the time a MILP takes.
+2. Otherwise, or when a gap remains, the MILP (`planner.partition.ilp`) starts from the
+   best plan known (the programme's or a baseline's) with the programme's bound as a
+   cut; when the solver fails outright, the best plan known is returned
+   (`baseline_fallback`).
+
+A split that cannot fit raises `DoesNotFitError` with the shortfall and the fewest
+devices that would fit (`planner.partition.memory_fit`).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from dataclasses import dataclass
 from cost.errors import PipeplanError
 from cost.timings import phase
 from planner.partition.baselines import BASELINES
+from planner.partition.chain_dp import ChainResult, layer_orders, solve_chain
 from planner.partition.ilp.solve import solve_ilp
 from planner.partition.memory_fit import explain_does_not_fit
 from planner.partition.objective import Assignment, Evaluation, check_assignment, evaluate
@@ -71,10 +80,20 @@ def find_split(problem: Problem) -> Split:
         if not chosen.evaluation.fits:
             raise explain_does_not_fit(problem, chosen.evaluation, strategy=strategy)
         return Split(chosen.assignment, chosen.evaluation, strategy, baselines=tuple(rows))
+    chain = _chain_programme(problem, best)
+    if chain is not None and chain.status in ("optimal", "infeasible"):
+        if chain.status == "infeasible":
+            worst = min((c.evaluation for c in rows), key=_deficit)
+            raise explain_does_not_fit(problem, worst, strategy="ilp")
+        return _split_of_programme(problem, chain, best, rows)
+    warm = best.assignment if best else None
+    if chain is not None and chain.assignment is not None:
+        warm = chain.assignment
     result = solve_ilp(
         problem,
-        warm=best.assignment if best else None,
+        warm=warm,
         alternatives=[c.assignment for c in fitting],
+        floor=chain.bound if chain is not None else 0.0,
     )
     if result.assignment is None:
         if result.solve.status == "infeasible":
@@ -105,6 +124,34 @@ def find_split(problem: Problem) -> Split:
         build_seconds=result.build_seconds,
         variables=result.variables,
         constraints=result.constraints,
+        warm_start=best.strategy if best else None,
+        baselines=tuple(rows),
+    )
+
+
+def _chain_programme(problem: Problem, best: Candidate | None) -> ChainResult | None:
+    """The dynamic programme's answer, when the layers allow it (None otherwise)."""
+    if not problem.config.chain_dp or layer_orders(problem) is None:
+        return None
+    with phase("chain dp"):
+        return solve_chain(problem, best.assignment if best else None)
+
+
+def _split_of_programme(
+    problem: Problem, chain: ChainResult, best: Candidate | None, rows: list[Candidate]
+) -> Split:
+    a = chain.assignment
+    check_assignment(problem, a)
+    ev = evaluate(problem, a)
+    return Split(
+        a,
+        ev,
+        "ilp",
+        backend="dp",
+        status="optimal",
+        bound=min(chain.bound, ev.objective),
+        gap=chain.gap,
+        seconds=chain.seconds,
         warm_start=best.strategy if best else None,
         baselines=tuple(rows),
     )

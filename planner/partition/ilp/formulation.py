@@ -59,6 +59,7 @@ import pulp
 from cost.memory import in_flight_from_end
 from cost.timings import phase
 from planner.partition.bounds import lower_bound
+from planner.partition.classes import equivalent_groups
 from planner.partition.problem import Problem
 
 Var = pulp.LpVariable
@@ -361,28 +362,6 @@ def add_period(lp: pulp.LpProblem, v: Variables, problem: Problem) -> None:
         lp += v.K[j] <= v.P, f"P_K_{j}"
         if problem.training:
             lp += v.Kb[j] <= v.P, f"P_Kb_{j}"
-
-
-def equivalent_groups(problem: Problem) -> list[tuple[int, int]]:
-    """Pairs of groups (g, h), g < h, that can swap roles without changing any cost."""
-    pairs = []
-    gs = problem.groups
-    for g in gs:
-        for h in gs:
-            if h.index <= g.index or g.spec != h.spec or len(g.devices) != len(h.devices):
-                continue
-            if problem.links.get((g.index, g.index)) != problem.links.get((h.index, h.index)):
-                continue
-            if problem.links.get((g.index, h.index)) != problem.links.get((h.index, g.index)):
-                continue
-            others = [k.index for k in gs if k.index not in (g.index, h.index)]
-            if all(
-                problem.links[(g.index, k)] == problem.links[(h.index, k)]
-                and problem.links[(k, g.index)] == problem.links[(k, h.index)]
-                for k in others
-            ):
-                pairs.append((g.index, h.index))
-    return pairs
 
 
 def add_symmetry(lp: pulp.LpProblem, v: Variables, problem: Problem) -> None:

@@ -33,7 +33,10 @@ class IlpResult:
 
 
 def solve_ilp(
-    problem: Problem, warm: Assignment | None = None, alternatives: Sequence[Assignment] = ()
+    problem: Problem,
+    warm: Assignment | None = None,
+    alternatives: Sequence[Assignment] = (),
+    floor: float = 0.0,
 ) -> IlpResult:
     """Build and solve the MILP; return the best assignment found (None if infeasible).
 
@@ -45,13 +48,14 @@ def solve_ilp(
     otherwise the full MILP runs, warm-started from it, with that bound as a cut. The first
     solve starts from whichever of `warm` and `alternatives` is best without the tail. When
     `warm`'s tail exceeds the least possible tail by more than `tail_gap` of its objective,
-    the full MILP runs at once (the first solve would rarely prove enough)."""
+    the full MILP runs at once (the first solve would rarely prove enough). `floor`: a
+    lower bound on the optimum known beforehand (the chain programme's), a cut."""
     cfg = problem.config
     has_tail = any(max(row.optimizer_s, default=0.0) > 0 for row in problem.layers) or any(
         max(sp.optimizer_s, default=0.0) > 0 for sp in problem.shared
     )
     if not has_tail or cfg.tail_gap <= 0:
-        return solve_milp(problem, warm)
+        return solve_milp(problem, warm, floor=floor)
     bare = without_optimizer_steps(problem)
     priced: dict[tuple[bool, Assignment], Evaluation] = {}
 
@@ -70,15 +74,15 @@ def solve_ilp(
         with_tail = price(warm).objective
         excess = with_tail - price(warm, tail=False).objective - least_tail
         if excess > cfg.tail_gap * with_tail:
-            return solve_milp(problem, warm)
+            return solve_milp(problem, warm, floor=floor)
     starts = [a for a in (warm, *alternatives, BASELINES["pipedream"](bare)) if a is not None]
     starts = [a for a in starts if price(a, tail=False).fits]
     start = min(starts, key=lambda a: price(a, tail=False).objective, default=warm)
     first = solve_milp(bare, start)
     if first.assignment is None or first.solve.bound is None:
-        return first if first.assignment is None else solve_milp(problem, warm)
+        return first if first.assignment is None else solve_milp(problem, warm, floor=floor)
     # a solver's dual bound is good to its tolerances: shave it before using it as a cut
-    floor = max(first.solve.bound * (1 - 1e-6), first.lower_bound) + least_tail
+    floor = max(first.solve.bound * (1 - 1e-6) + least_tail, first.lower_bound + least_tail, floor)
     # the tail-free optimum, or a start that is better once its tail counts
     chosen = min(
         [first.assignment, *(a for a in starts if price(a).fits)],
