@@ -13,7 +13,7 @@
    solver's status and gap. The `pipedream` baseline's wall time is the peer measured alongside.
 
     python bench/bench_plan.py [--repeat 3]
-    python bench/bench_plan.py --matrix [--repeat 3] [--only NAME] [--models gpt_xl,llama8b,resnet152]
+    python bench/bench_plan.py --matrix [--repeat 3] [--only NAME] [--models gpt_xl,llama8b,resnet152] [--no-chain-dp]
 
 `--matrix`: planning time and gap on a grid of 25 clusters x 3 models (bench/plan_matrix.py).
 """
@@ -140,13 +140,16 @@ def main() -> None:
     parser.add_argument("--matrix", action="store_true", help="the cluster grid (plan_matrix.py)")
     parser.add_argument("--only", default=None, help="--matrix: clusters whose name has this")
     parser.add_argument("--models", default="gpt_xl,llama8b,resnet152", help="--matrix: models")
+    parser.add_argument(
+        "--no-chain-dp", action="store_true", help="--matrix: the MILP alone (the peer)"
+    )
     args = parser.parse_args()
     if args.matrix:
         sys.path.insert(0, str(ROOT / "bench"))
         from plan_matrix import HEADER, run_matrix, summary
 
         print(HEADER, flush=True)
-        rows = run_matrix(args.repeat, args.only, args.models.split(","))
+        rows = run_matrix(args.repeat, args.only, args.models.split(","), not args.no_chain_dp)
         print("\n" + summary(rows))
         return
     print(

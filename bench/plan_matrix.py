@@ -129,7 +129,9 @@ def model_files(folder: Path, wanted: list[str]) -> dict[str, Path]:
     return files
 
 
-def run_matrix(repeat: int, only: str | None, models: list[str]) -> list[dict]:
+def run_matrix(
+    repeat: int, only: str | None, models: list[str], chain_dp: bool = True
+) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="pipeplan-matrix-") as tmp:
         files = model_files(Path(tmp), models)
@@ -140,14 +142,14 @@ def run_matrix(repeat: int, only: str | None, models: list[str]) -> list[dict]:
             for name, spec in CLUSTERS.items():
                 if only and only not in name:
                     continue
-                rows.append(_cell(model, name, spec, mg, lg, load_s, repeat))
+                rows.append(_cell(model, name, spec, mg, lg, load_s, repeat, chain_dp))
                 print(_line(rows[-1]), flush=True)
     return rows
 
 
-def _cell(model, name, spec, mg, lg, load_s, repeat) -> dict:
+def _cell(model, name, spec, mg, lg, load_s, repeat, chain_dp=True) -> dict:
     cluster = cluster_from_dict(spec, source=name)
-    config = PlanConfig(dtype="bf16", microbatches=8)
+    config = PlanConfig(dtype="bf16", microbatches=8, chain_dp=chain_dp)
     times, p, error = [], None, ""
     for _ in range(repeat):
         started = time.perf_counter()
@@ -168,6 +170,7 @@ def _cell(model, name, spec, mg, lg, load_s, repeat) -> dict:
         "load_s": round(load_s, 2),
         "plan_s": round(statistics.median(times), 2),
         "error": error,
+        "objective_s": p.solver.objective if p is not None and not error else None,
     }
     if p is not None and not error:
         row |= {

@@ -26,7 +26,9 @@ def test_every_plan_config_field_is_an_option_with_its_default(command):
             continue
         assert name in options, f"{command} lacks {flags[0]}"
         option = options[name]
-        assert set(flags) <= set(option.opts), (option.opts, flags)
+        # a boolean's "--on/--off" declares both names
+        names = {n for flag in flags for n in flag.split("/")}
+        assert names <= set(option.opts) | set(option.secondary_opts), (option.opts, flags)
         default = field.default
         assert (
             str(option.default) == str(default) if default is not None else option.default is None

@@ -1,7 +1,11 @@
 """The exact split of a chain: a dynamic programme over contiguous stages and device runs.
 
 When the layers form a chain, every valid plan cuts it into contiguous stages, and a
-plan is a sequence of stages, each an interval of layers on one device. Group the
+plan is a sequence of stages, each an interval of layers on one device. More generally
+every valid plan is contiguous in *some* topological order of the layers (`layer_orders`),
+so a DAG with few orders (a chain with side inputs: Llama's rotary table, read by every
+block, is a second source) is solved exactly by one programme per order; a tensor read
+several stages later is relayed across each cut between, as `objective.evaluate` prices it. Group the
 stages into **runs**, maximal sequences of consecutive stages on one device group
 (`problem.DeviceGroup`: a node's devices of one spec, interchangeable). A stage's cost
 depends only on its interval, its group's spec and its place from the end of the
