@@ -5,8 +5,10 @@ plan is a sequence of stages, each an interval of layers on one device. More gen
 every valid plan is contiguous in *some* topological order of the layers (`layer_orders`),
 so a DAG with few orders (a chain with side inputs: Llama's rotary table, read by every
 block, is a second source) is solved exactly by one programme per order; a tensor read
-several stages later is relayed across each cut between, as `objective.evaluate` prices it. Group the
-stages into **runs**, maximal sequences of consecutive stages on one device group
+several stages later is relayed across each cut between, as `objective.evaluate` prices
+it.
+
+Group the stages into **runs**, maximal sequences of consecutive stages on one device group
 (`problem.DeviceGroup`: a node's devices of one spec, interchangeable). A stage's cost
 depends only on its interval, its group's spec and its place from the end of the
 pipeline (in-flight micro-batches, `cost.memory.in_flight_from_end`); a boundary's cost
@@ -85,7 +87,6 @@ class _Tables:
     def __init__(self, problem: Problem, classes: list[DeviceClass], order: tuple[int, ...]):
         cfg = problem.config
         self.order = order
-        self.problem = problem
         self.classes = classes
         self.training = problem.training
         self.m = cfg.microbatches
@@ -303,10 +304,8 @@ def _run_programme(
             flight = counting.flight(j)
             j_next = min(j + 1, counting.cap) if counting.cap else 0
             for c2, cont, forward, back in _moves(t, c, r):
-                if grouped:
-                    budget2 = budget if cont else bumped(budget, c2)
-                else:
-                    budget2 = bumped(budget, c2)
+                # grouped budgets count runs (a continued run costs nothing), relaxed stages
+                budget2 = budget if grouped and cont else bumped(budget, c2)
                 if budget2 is None:
                     continue
                 r2 = r + 1 if cont else 1
@@ -445,12 +444,17 @@ def layer_orders(problem: Problem, limit: int = MAX_ORDERS) -> list[tuple[int, .
     return orders
 
 
-def solve_chain(problem: Problem, incumbent: Assignment | None = None) -> ChainResult:
+def solve_chain(
+    problem: Problem,
+    incumbent: Assignment | None = None,
+    orders: list[tuple[int, ...]] | None = None,
+) -> ChainResult:
     """The exact split (module docstring), or the best found and a bound.
 
     `incumbent`: a plan known to fit (a baseline's), for pruning and as the fallback.
-    Raises ValueError when the layers have more topological orders than `MAX_ORDERS`."""
-    orders = layer_orders(problem)
+    `orders`: `layer_orders(problem)` when the caller has it already. Raises ValueError
+    when the layers have more topological orders than `MAX_ORDERS`."""
+    orders = orders if orders is not None else layer_orders(problem)
     if orders is None:
         raise ValueError(f"the layers have more than {MAX_ORDERS} topological orders")
     started = time.perf_counter()

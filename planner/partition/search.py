@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cost.errors import PipeplanError
+from cost.errors import DoesNotFitError, PipeplanError
 from cost.timings import phase
 from planner.partition.baselines import BASELINES
 from planner.partition.chain_dp import ChainResult, layer_orders, solve_chain
@@ -81,10 +81,9 @@ def find_split(problem: Problem) -> Split:
             raise explain_does_not_fit(problem, chosen.evaluation, strategy=strategy)
         return Split(chosen.assignment, chosen.evaluation, strategy, baselines=tuple(rows))
     chain = _chain_programme(problem, best)
-    if chain is not None and chain.status in ("optimal", "infeasible"):
-        if chain.status == "infeasible":
-            worst = min((c.evaluation for c in rows), key=_deficit)
-            raise explain_does_not_fit(problem, worst, strategy="ilp")
+    if chain is not None and chain.status == "infeasible":
+        raise _does_not_fit(problem, rows)
+    if chain is not None and chain.status == "optimal":
         return _split_of_programme(problem, chain, best, rows)
     warm = best.assignment if best else None
     if chain is not None and chain.assignment is not None:
@@ -97,8 +96,7 @@ def find_split(problem: Problem) -> Split:
     )
     if result.assignment is None:
         if result.solve.status == "infeasible":
-            worst = min((c.evaluation for c in rows), key=_deficit)
-            raise explain_does_not_fit(problem, worst, strategy="ilp")
+            raise _does_not_fit(problem, rows)
         if best is None:
             raise PipeplanError(
                 f"the ILP solver failed ({result.solve.backend}: {result.solve.status}) "
@@ -131,10 +129,11 @@ def find_split(problem: Problem) -> Split:
 
 def _chain_programme(problem: Problem, best: Candidate | None) -> ChainResult | None:
     """The dynamic programme's answer, when the layers allow it (None otherwise)."""
-    if not problem.config.chain_dp or layer_orders(problem) is None:
+    orders = layer_orders(problem) if problem.config.chain_dp else None
+    if orders is None:
         return None
     with phase("chain dp"):
-        return solve_chain(problem, best.assignment if best else None)
+        return solve_chain(problem, best.assignment if best else None, orders)
 
 
 def _split_of_programme(
@@ -155,6 +154,12 @@ def _split_of_programme(
         warm_start=best.strategy if best else None,
         baselines=tuple(rows),
     )
+
+
+def _does_not_fit(problem: Problem, rows: list[Candidate]) -> DoesNotFitError:
+    """Why no split fits, told by the baseline that comes closest."""
+    worst = min((c.evaluation for c in rows), key=_deficit)
+    return explain_does_not_fit(problem, worst, strategy="ilp")
 
 
 def _deficit(ev: Evaluation) -> float:
