@@ -5,12 +5,47 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
+from hypothesis import strategies as st
+
 from cost.cluster import cluster_from_dict
 from planner.config import PlanConfig
 from planner.partition.objective import Assignment, evaluate
 from planner.partition.problem import Flow, LayerCost, Problem, SharedParam, device_groups
 
 KINDS = ["A100-80GB", "V100-16GB", "T4"]
+
+#: links whose hosts move the bytes: sends hold the sending stage (gloo-like)
+HOST_LINKS = (
+    {"bandwidth_GBps": 3, "latency_us": 100, "send_blocking_us": 300, "send_blocking_GBps": 4},
+    {"bandwidth_GBps": 1, "latency_us": 500, "send_blocking_us": 50},
+)
+
+
+def draw_dag_edges(draw, n: int, min_preds: int) -> list[tuple[int, int]]:
+    """Hypothesis: edges of a random DAG on n layers, each layer after the first fed by
+    `min_preds` to 2 earlier ones."""
+    edges = set()
+    for v in range(1, n):
+        preds = draw(st.sets(st.integers(0, v - 1), min_size=min_preds, max_size=min(2, v)))
+        edges.update((u, v) for u in preds)
+    return sorted(edges)
+
+
+def draw_problem(draw, n, edges, node_kinds, config, link_choices) -> Problem:
+    """Hypothesis: `make_problem` with random work, tensor sizes, memory, weights, a weight
+    shared by the first and last layers or not, and links drawn from `link_choices`."""
+    return make_problem(
+        work=draw(st.lists(st.floats(0.001, 50), min_size=n, max_size=n)),
+        edges=edges,
+        edge_bytes=draw(st.lists(st.integers(0, 4 * 10**8), min_size=1, max_size=4)),
+        node_kinds=node_kinds,
+        memory_gb={"A100-80GB": draw(st.sampled_from([80, 20])), "V100-16GB": 16, "T4": 16},
+        state_bytes=draw(st.lists(st.integers(0, 6 * 10**9), min_size=n, max_size=n)),
+        act_bytes=draw(st.lists(st.integers(0, 10**9), min_size=n, max_size=n)),
+        config=config,
+        shared=[(0, n - 1)] if draw(st.booleans()) and n > 2 else [],
+        links=draw(st.sampled_from(link_choices)),
+    )
 
 
 def make_problem(

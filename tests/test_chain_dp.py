@@ -18,8 +18,14 @@ from planner.config import PlanConfig
 from planner.partition.chain_dp import layer_orders, solve_chain
 from planner.partition.classes import device_classes
 from planner.partition.objective import check_assignment, evaluate
-from tests.random_problems import KINDS, exhaustive_best, make_problem
-from tests.test_ilp_exhaustive import HOST_LINKS
+from tests.random_problems import (
+    HOST_LINKS,
+    KINDS,
+    draw_dag_edges,
+    draw_problem,
+    exhaustive_best,
+    make_problem,
+)
 
 
 @st.composite
@@ -27,11 +33,7 @@ def chains(draw, max_devices: int = 5, dag: bool = False):
     n = draw(st.integers(2, 6 if dag else 8))
     edges = [(i, i + 1) for i in range(n - 1)]
     if dag:  # side inputs and skips: a chain with some links dropped and others added
-        edges = set()
-        for v in range(1, n):
-            preds = draw(st.sets(st.integers(0, v - 1), min_size=0, max_size=min(2, v)))
-            edges.update((u, v) for u in preds)
-        edges = sorted(edges) or [(0, 1)]
+        edges = draw_dag_edges(draw, n, min_preds=0) or [(0, 1)]
     devices = draw(st.integers(1, max_devices))
     kinds = draw(st.lists(st.sampled_from(KINDS), min_size=devices, max_size=devices))
     # same-kind neighbours often, so that nodes hold groups of several devices
@@ -53,18 +55,8 @@ def chains(draw, max_devices: int = 5, dag: bool = False):
         memory_headroom=0.0,
         stages=fixed,
     )
-    return make_problem(
-        work=draw(st.lists(st.floats(0.001, 50), min_size=n, max_size=n)),
-        edges=edges,
-        edge_bytes=draw(st.lists(st.integers(0, 4 * 10**8), min_size=1, max_size=4)),
-        node_kinds=node_kinds,
-        memory_gb={"A100-80GB": draw(st.sampled_from([80, 20])), "V100-16GB": 16, "T4": 16},
-        state_bytes=draw(st.lists(st.integers(0, 6 * 10**9), min_size=n, max_size=n)),
-        act_bytes=draw(st.lists(st.integers(0, 10**9), min_size=n, max_size=n)),
-        config=config,
-        shared=[(0, n - 1)] if draw(st.booleans()) and n > 2 else [],
-        links=draw(st.sampled_from([("NVLink3", "IB-HDR"), ("PCIe4", "100GbE"), HOST_LINKS])),
-    )
+    links = [("NVLink3", "IB-HDR"), ("PCIe4", "100GbE"), HOST_LINKS]
+    return draw_problem(draw, n, edges, node_kinds, config, links)
 
 
 def _check(problem, incumbent=None):

@@ -9,26 +9,21 @@ from hypothesis import strategies as st
 from planner.config import PlanConfig
 from planner.partition.ilp.solve import solve_ilp
 from planner.partition.objective import check_assignment, evaluate
-from tests.random_problems import KINDS, exhaustive_best, make_problem
-
-#: links whose hosts move the bytes: sends hold the sending stage (gloo-like)
-HOST_LINKS = (
-    {"bandwidth_GBps": 3, "latency_us": 100, "send_blocking_us": 300, "send_blocking_GBps": 4},
-    {"bandwidth_GBps": 1, "latency_us": 500, "send_blocking_us": 50},
+from tests.random_problems import (
+    HOST_LINKS,
+    KINDS,
+    draw_dag_edges,
+    draw_problem,
+    exhaustive_best,
+    make_problem,
 )
 
 
 @st.composite
 def problems(draw, chain: bool, solver: str = "highs"):
     n = draw(st.integers(2, 9 if chain else 6))
-    if chain:
-        edges = [(i, i + 1) for i in range(n - 1)]
-    else:
-        edges = set()
-        for v in range(1, n):
-            preds = draw(st.sets(st.integers(0, v - 1), min_size=1, max_size=min(2, v)))
-            edges.update((u, v) for u in preds)
-        edges = sorted(edges)
+    chain_edges = [(i, i + 1) for i in range(n - 1)]
+    edges = chain_edges if chain else draw_dag_edges(draw, n, min_preds=1)
     devices = draw(st.integers(1, 4 if chain else 3))
     kinds = draw(st.lists(st.sampled_from(KINDS), min_size=devices, max_size=devices))
     split = draw(st.integers(0, devices - 1))
@@ -46,18 +41,7 @@ def problems(draw, chain: bool, solver: str = "highs"):
         solver=solver,
         tail_gap=draw(st.sampled_from([0.0, 1.0])),
     )
-    return make_problem(
-        work=draw(st.lists(st.floats(0.001, 50), min_size=n, max_size=n)),
-        edges=edges,
-        edge_bytes=draw(st.lists(st.integers(0, 4 * 10**8), min_size=1, max_size=4)),
-        node_kinds=node_kinds,
-        memory_gb={"A100-80GB": draw(st.sampled_from([80, 20])), "V100-16GB": 16, "T4": 16},
-        state_bytes=draw(st.lists(st.integers(0, 6 * 10**9), min_size=n, max_size=n)),
-        act_bytes=draw(st.lists(st.integers(0, 10**9), min_size=n, max_size=n)),
-        config=config,
-        shared=[(0, n - 1)] if draw(st.booleans()) and n > 2 else [],
-        links=draw(st.sampled_from([("NVLink3", "IB-HDR"), HOST_LINKS])),
-    )
+    return draw_problem(draw, n, edges, node_kinds, config, [("NVLink3", "IB-HDR"), HOST_LINKS])
 
 
 def _check(problem):
