@@ -8,7 +8,7 @@ fresh `whatif` call in this process (model load included): *cold* with an empty 
 folder, *cached* with the folder the cold run filled. Median of `--repeat` runs each.
 
     python bench/bench_whatif.py [--repeat 3]
-    python bench/bench_whatif.py --two-node [--repeat 3]
+    python bench/bench_whatif.py --two-node [--repeat 3] [--no-chain-dp]
 
 `--two-node` (issue 15): the default sweep (the cluster, x2 and x4 of its kind, with
 data parallelism) on 2 x 8 A100-80GB (NVLink3 inside, InfiniBand HDR between), GPT-XL
@@ -39,7 +39,7 @@ TWO_NODE = {
 }
 
 
-def sweep(cache_dir: Path, two_node: bool = False):
+def sweep(cache_dir: Path, two_node: bool = False, chain_dp: bool = True):
     from cost.cluster import cluster_from_dict
     from planner.config import PlanConfig
     from planner.graph.shapes import ShapeBindings
@@ -51,7 +51,7 @@ def sweep(cache_dir: Path, two_node: bool = False):
         report = whatif(
             MODEL,
             cluster_from_dict(TWO_NODE),
-            PlanConfig(dtype="bf16"),
+            PlanConfig(dtype="bf16", chain_dp=chain_dp),
             ShapeBindings(batch=1),
             cache=PlanCache(cache_dir),
         )
@@ -75,16 +75,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--two-node", action="store_true", help="the default sweep on 2x8 A100")
+    parser.add_argument(
+        "--no-chain-dp", action="store_true", help="--two-node with the MILP alone (the peer)"
+    )
     args = parser.parse_args()
     cold, warm = [], []
     solved = served = 0
     report = None
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory(prefix="pipeplan-bench-") as tmp:
-            seconds, report = sweep(Path(tmp), args.two_node)
+            seconds, report = sweep(Path(tmp), args.two_node, not args.no_chain_dp)
             cold.append(seconds)
             solved = report.cache_misses
-            seconds, cached = sweep(Path(tmp), args.two_node)
+            seconds, cached = sweep(Path(tmp), args.two_node, not args.no_chain_dp)
             warm.append(seconds)
             served = cached.cache_hits
             assert cached.cache_misses == 0
@@ -99,7 +102,8 @@ def main() -> None:
             else "whatif sweep 1..16 H100-80GB, gpt_xl.onnx --batch 1 (ILP, PP x DP)"
         ),
         "command": f"python bench/bench_whatif.py --repeat {args.repeat}"
-        + (" --two-node" if args.two_node else ""),
+        + (" --two-node" if args.two_node else "")
+        + (" --no-chain-dp" if args.no_chain_dp else ""),
         "commit": commit,
         "python": platform.python_version(),
         "scenarios": len(report.rows),
