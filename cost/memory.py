@@ -32,16 +32,30 @@ from cost.roofline import dtype_bytes_scale
 OPTIMIZER_STATE_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}
 
 
-def bytes_per_param(dtype: str, optimizer: str, training: bool = True) -> float:
-    """Weights + gradients + optimizer state per parameter (table in the module docstring)."""
+def optimizer_state_bytes_per_param(dtype: str, optimizer: str) -> float:
+    """Optimizer state per parameter: fp32 master weights (mixed precision) and the
+    optimizer's slots; what ZeRO stage 1 shards across replicas."""
     if optimizer not in OPTIMIZER_STATE_SLOTS:
         raise ValueError(f"unknown optimizer {optimizer!r}")
+    master = 0 if dtype in ("fp32", "tf32") else 4
+    return float(master + 4 * OPTIMIZER_STATE_SLOTS[optimizer])
+
+
+def bytes_per_param(
+    dtype: str, optimizer: str, training: bool = True, zero_shards: int = 1
+) -> float:
+    """Weights + gradients + optimizer state per parameter (table in the module docstring).
+
+    `zero_shards`: replicas the optimizer state is sharded over (ZeRO stage 1,
+    Rajbhandari et al. SC 2020: Adam in mixed precision keeps 2 + 2 + 12 / n bytes)."""
+    if optimizer not in OPTIMIZER_STATE_SLOTS:
+        raise ValueError(f"unknown optimizer {optimizer!r}")
+    if zero_shards < 1:
+        raise ValueError(f"zero_shards must be >= 1 (got {zero_shards})")
     weight = 4 if dtype in ("fp32", "tf32") else 2
     if not training:
         return float(weight)
-    mixed = weight == 2
-    master = 4 if mixed else 0
-    return float(weight + weight + master + 4 * OPTIMIZER_STATE_SLOTS[optimizer])
+    return float(weight + weight + optimizer_state_bytes_per_param(dtype, optimizer) / zero_shards)
 
 
 def in_flight_microbatches(schedule: str, stage: int, stages: int, microbatches: int) -> int:

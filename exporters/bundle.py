@@ -18,7 +18,7 @@ import onnx
 from cost.errors import PipeplanError
 from cost.files import current_umask, write_text_atomic
 from cost.tensor import dtype_name
-from exporters.manifest import Manifest, Relay, SharedWeight, StageFile, TensorSpec
+from exporters.manifest import Manifest, Relay, ReplicaRanks, SharedWeight, StageFile, TensorSpec
 from exporters.stages import cut_stages, stage_model
 from exporters.weights import relocate_weights
 from planner.graph.load import ModelGraph, load_graph
@@ -150,6 +150,10 @@ def _write_bundle(mg: ModelGraph, plan: Plan, stages, out: Path, source_dir: Pat
             )
         )
     shared = [SharedWeight(name=p, stages=s) for p, s in sorted(param_stages.items()) if len(s) > 1]
+    replicas = replica_ranks(plan)
+    files = [
+        f.model_copy(update={"ranks": [rep.ranks[f.index] for rep in replicas]}) for f in files
+    ]
     try:
         version = metadata.version("pipeplan")
     except metadata.PackageNotFoundError:
@@ -169,7 +173,27 @@ def _write_bundle(mg: ModelGraph, plan: Plan, stages, out: Path, source_dir: Pat
         shared_weights=shared,
         schedule=plan.schedule,
         plan_config=plan.config.model_dump(),
+        data_parallel=plan.layout.data_parallel,
+        zero=plan.layout.zero,
+        replicas=replicas,
     )
+
+
+def replica_ranks(plan: Plan) -> list[ReplicaRanks]:
+    """Each replica's stage devices and ranks: rank = replica x p + the position of the
+    stage's device among replica 0's devices (in order of their first stage)."""
+    first = [st.device for st in plan.stages]
+    positions = {d: i for i, d in enumerate(dict.fromkeys(first))}
+    p = len(positions)
+    devices = plan.replicas or [first]
+    return [
+        ReplicaRanks(
+            replica=k,
+            devices=list(devs),
+            ranks=[k * p + positions[d] for d in first],
+        )
+        for k, devs in enumerate(devices)
+    ]
 
 
 def _check(path: Path, proto: onnx.ModelProto, weights_present: bool) -> None:

@@ -15,7 +15,9 @@ from cost.errors import PipeplanError
 from planner.plan_file import Routing
 from planner.schedule.actions import Schedule
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+#: Versions this pipeplan reads (1: one pipeline, before data parallelism).
+READABLE_VERSIONS = (1, 2)
 
 
 class TensorSpec(BaseModel):
@@ -53,6 +55,18 @@ class StageFile(BaseModel):
     parameters: list[str] = Field(description="trainable weights held by this stage")
     param_count: int
     nodes: int
+    ranks: list[int] = Field(
+        default_factory=list,
+        description="the rank running this stage in each data-parallel replica (replica order)",
+    )
+
+
+class ReplicaRanks(BaseModel):
+    """One data-parallel replica: the device and the rank of each stage."""
+
+    replica: int
+    devices: list[str] = Field(description="device id of each stage, in stage order")
+    ranks: list[int] = Field(description="rank of each stage, in stage order")
 
 
 class SharedWeight(BaseModel):
@@ -85,6 +99,25 @@ class Manifest(BaseModel):
         None, description="the plan's schedule: kind, microbatches, actions per device"
     )
     plan_config: dict[str, Any]
+    data_parallel: int = Field(
+        1, description="replicas of the pipeline; each runs `microbatches` micro-batches per step"
+    )
+    zero: int = Field(0, description="1: optimizer state sharded across replicas (ZeRO-1)")
+    replicas: list[ReplicaRanks] = Field(
+        default_factory=list,
+        description="per replica, each stage's device and rank (rank = replica x devices per "
+        "pipeline + the device's position); the schedule's actions are keyed by replica 0's "
+        "devices and every replica runs them",
+    )
+
+    @property
+    def pipeline_devices(self) -> list[str]:
+        """Replica 0's devices, in order of their first stage (rank order within a replica)."""
+        return list(dict.fromkeys(st.device for st in self.stages))
+
+    @property
+    def world_size(self) -> int:
+        return self.data_parallel * len(self.pipeline_devices)
 
     def source_model(self, root: Path) -> Path:
         """The source model (`run --check`'s reference): absolute in new bundles; older

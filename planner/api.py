@@ -2,9 +2,10 @@
 
 The data path, one step per package: `planner.graph` loads and prices the ONNX graph and
 groups its layers -> `planner.partition` prices every layer on every device group and
-finds the split (baselines, then the exact ILP) -> `planner.simulate` schedules the
-split and simulates it, keeping the fastest schedule that fits -> `planner.assemble`
-writes it all down as a `Plan`.
+finds the split (baselines, then the exact programme or ILP) -> `planner.simulate`
+schedules the split and simulates it, keeping the fastest schedule that fits ->
+`planner.assemble` writes it all down as a `Plan` -> `planner.parallel` does this for
+every data-parallel layout (r replicas of a pipeline) and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -12,18 +13,21 @@ from __future__ import annotations
 import os
 
 from cost.cluster import Cluster, load_cluster
+from cost.collectives import ReplicaRing
 from cost.errors import DoesNotFitError, PipeplanError
 from cost.timings import phase
-from planner.assemble import assemble_plan
+from planner.assemble import assemble_plan, microbatch_size
 from planner.config import PlanConfig
 from planner.graph.inspect import load_model
 from planner.graph.layers import LayerGraph
 from planner.graph.load import ModelGraph
 from planner.graph.shapes import ShapeBindings
-from planner.partition.problem import build_problem
-from planner.partition.search import find_split
+from planner.parallel.job import job_plan
+from planner.parallel.search import LayoutOption, layout_options, search_layouts
+from planner.partition.problem import Problem, build_problem
+from planner.partition.search import Split, find_split
 from planner.plan_file import Plan
-from planner.simulate.choose import choose_schedule
+from planner.simulate.choose import TimedPipeline, choose_schedule
 
 #: `--microbatches auto` tries at most this many micro-batches.
 MAX_AUTO_MICROBATCHES = 64
@@ -61,43 +65,101 @@ def plan(
 def plan_graph(
     mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: PlanConfig, bindings: ShapeBindings
 ) -> Plan:
-    """Plan an already loaded model (what-if sweeps reuse one load for many clusters)."""
+    """Plan an already loaded model (what-if sweeps reuse one load for many clusters).
+
+    With `parallel: auto` (and training) the data-parallel degree and the replicas'
+    devices are chosen with the split (`planner.parallel.search`); `pp` plans one
+    pipeline over the cluster."""
+    mb = microbatch_size(mg)
+    _check_settings(lg, cluster, config, mb)
+    options = layout_options(cluster, config, mb)
+    if not options:
+        raise PipeplanError(_no_layout(cluster, config, mb))
+
+    def solve(option: LayoutOption):
+        return solve_pipeline(mg, lg, option.layout.sub, option.config, option.ring)
+
+    trials = search_layouts(options, solve, mb)
+    best = trials[0]
+    if not best.fits:
+        # nothing fits: the reason of the first candidate (one pipeline, when tried)
+        first = next(t for t in trials if t.option is options[0])
+        raise first.exception or best.exception or DoesNotFitError("no layout fits memory")
+    problem, split, (timed, tried) = best.problem, best.split, best.outcome
+    with phase("assemble"):
+        replica = assemble_plan(mg, lg, problem, split, timed, tried, bindings)
+        return job_plan(replica, cluster, best, trials, mb)
+
+
+def solve_pipeline(
+    mg: ModelGraph,
+    lg: LayerGraph,
+    cluster: Cluster,
+    config: PlanConfig,
+    ring: ReplicaRing | None = None,
+) -> tuple[Problem, Split, tuple[TimedPipeline, list[TimedPipeline]]]:
+    """One pipeline on `cluster` (one of `ring.replicas` replicas): the split and its
+    simulated schedule; `--microbatches auto` tried from 9(p - 1) down, halving."""
     if not config.auto_microbatches:
-        return _plan_once(mg, lg, cluster, config, bindings)
-    first = _plan_once(
-        mg, lg, cluster, config.model_copy(update={"auto_microbatches": False}), bindings
-    )
-    p = len({s.device for s in first.stages})
+        return _solve_once(mg, lg, cluster, config, ring)
+    fixed = config.model_copy(update={"auto_microbatches": False})
+    _, first, _ = _solve_once(mg, lg, cluster, fixed, ring)
+    p = len(set(first.assignment.devices))
     m = max(1, min(MAX_AUTO_MICROBATCHES, 9 * (p - 1)))
     last_error: DoesNotFitError | None = None
     while m >= 1:
         try:
-            return _plan_once(
-                mg, lg, cluster, config.model_copy(update={"microbatches": m}), bindings
-            )
+            return _solve_once(mg, lg, cluster, fixed.model_copy(update={"microbatches": m}), ring)
         except DoesNotFitError as exc:
             last_error = exc
             m //= 2
     raise last_error if last_error else DoesNotFitError("no micro-batch count fits")
 
 
-def _plan_once(
-    mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: PlanConfig, bindings: ShapeBindings
-) -> Plan:
-    _check_settings(lg, cluster, config)
+def _solve_once(mg, lg, cluster, config, ring):
     with phase("problem"):
-        problem = build_problem(mg, lg, cluster, config)
+        problem = build_problem(mg, lg, cluster, config, ring)
     split = find_split(problem)
     with phase("simulate"):
         timed, tried = choose_schedule(problem, split.assignment)
-    with phase("assemble"):
-        return assemble_plan(mg, lg, problem, split, timed, tried, bindings)
+    return problem, split, (timed, tried)
 
 
-def _check_settings(lg: LayerGraph, cluster: Cluster, config: PlanConfig) -> None:
+def _no_layout(cluster: Cluster, config: PlanConfig, mb: int) -> str:
+    if config.dp is not None:
+        return (
+            f"no layout of {config.dp} identical replicas fits this cluster's nodes "
+            f"({cluster.summary()})"
+        )
+    return (
+        f"the global batch {config.global_batch} does not split into micro-batches of "
+        f"{mb} samples for any replica count"
+    )
+
+
+def _check_settings(lg: LayerGraph, cluster: Cluster, config: PlanConfig, mb: int) -> None:
     n = len(lg.layers)
     if cluster.num_devices < 1:
         raise PipeplanError("the cluster has no devices")
+    if config.dp is not None:
+        if config.parallel == "pp":
+            raise PipeplanError("--dp needs --parallel auto (--parallel pp plans one pipeline)")
+        if cluster.num_devices % config.dp:
+            raise PipeplanError(
+                f"--dp {config.dp} does not divide the cluster's {cluster.num_devices} devices"
+            )
+        if config.dp > 1 and not config.training:
+            raise PipeplanError("--dp above 1 needs training (--objective throughput)")
+    if config.zero and config.parallel == "pp":
+        raise PipeplanError("--zero 1 shards over data-parallel replicas: use --parallel auto")
+    if config.global_batch is not None:
+        if config.auto_microbatches:
+            raise PipeplanError("give --global-batch or --microbatches auto, not both")
+        if config.global_batch % mb:
+            raise PipeplanError(
+                f"--global-batch {config.global_batch} is not a multiple of the micro-batch "
+                f"size {mb}"
+            )
     if config.recompute and config.schedule == "zb" and config.training:
         raise PipeplanError(
             "--recompute with --schedule zb is not supported: the runner recomputes a "

@@ -19,6 +19,7 @@ Objective = Literal["throughput", "latency"]
 Dtype = Literal["fp32", "bf16", "fp16"]
 Optimizer = Literal["sgd", "momentum", "adam"]
 Solver = Literal["highs", "cbc"]
+Parallel = Literal["auto", "pp"]
 
 #: Module groups heavier than this share of the model's work are split into their
 #: children when layers are grouped (`planner.graph.layers`; `--max-layer-share`).
@@ -90,6 +91,27 @@ class PlanConfig(BaseModel):
         description="Split chains (layers with few topological orders) with the exact dynamic "
         "programme first; the MILP only where it leaves a gap (off: always the MILP).",
     )
+    parallel: Parallel = Field(
+        "auto",
+        description="auto: choose data-parallel replicas and the pipeline split together; "
+        "pp: one pipeline over the cluster.",
+    )
+    dp: int | None = Field(
+        None,
+        description="Fix the data-parallel degree (replicas; must divide the devices). "
+        "Default: the planner picks.",
+    )
+    zero: int = Field(
+        0,
+        description="1: shard optimizer state across replicas (ZeRO-1; its all-gather "
+        "priced); 0: replicate it.",
+    )
+    global_batch: int | None = Field(
+        None,
+        description="Fix the global batch (samples per iteration over all replicas; strong "
+        "scaling): each layout runs global batch / (replicas x micro-batch size) "
+        "micro-batches per replica. Default: --microbatches per replica.",
+    )
 
     @field_validator("microbatches")
     @classmethod
@@ -137,6 +159,27 @@ class PlanConfig(BaseModel):
     def _stages(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
             raise ValueError(f"stages must be at least 1 (got {v})")
+        return v
+
+    @field_validator("dp")
+    @classmethod
+    def _dp(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"the data-parallel degree must be at least 1 (got {v})")
+        return v
+
+    @field_validator("zero")
+    @classmethod
+    def _zero(cls, v: int) -> int:
+        if v not in (0, 1):
+            raise ValueError(f"zero must be 0 or 1 (got {v})")
+        return v
+
+    @field_validator("global_batch")
+    @classmethod
+    def _global_batch(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"the global batch must be at least 1 (got {v})")
         return v
 
     @property

@@ -66,7 +66,14 @@ class StagePlan(BaseModel):
     )
     compute_ms: float
     optimizer_ms: float = Field(
-        0.0, description="optimizer step over the stage's parameters, once per iteration"
+        0.0,
+        description="the step tail, once per iteration: optimizer step over the stage's "
+        "parameters plus sync_ms",
+    )
+    sync_ms: float = Field(
+        0.0,
+        description="of optimizer_ms: the ring all-reduce of the stage's gradients across "
+        "data-parallel replicas (and with ZeRO-1 the all-gather of its parameters)",
     )
     send_blocking_ms: float = Field(
         0.0,
@@ -189,6 +196,43 @@ class SolverReport(BaseModel):
     warm_start: str | None = None
 
 
+class Layout(BaseModel):
+    """How the devices are used: data-parallel replicas of one pipeline."""
+
+    data_parallel: int = Field(1, description="replicas, each running the whole pipeline")
+    pipeline_stages: int = Field(
+        1,
+        description="devices in each replica's pipeline (interleaved schedules put several "
+        "model chunks on each)",
+    )
+    zero: int = Field(0, description="1: optimizer state sharded across replicas (ZeRO-1)")
+    global_batch: int = Field(0, description="samples per iteration over all replicas")
+    batch: str = Field(
+        "per-replica",
+        description="per-replica: each replica runs --microbatches micro-batches (the global "
+        "batch grows with replicas); fixed-global: --global-batch fixed it and it is split",
+    )
+    microbatches_per_replica: int = 0
+    devices_used: int = 0
+    devices_idle: list[str] = Field(default_factory=list)
+    shape: str = Field("", description="one replica's devices, e.g. '2x A100-80GB'")
+
+
+class LayoutTrial(BaseModel):
+    """One data-parallel degree the search priced (best split for it)."""
+
+    data_parallel: int
+    pipeline_stages: int = 0
+    shape: str = ""
+    replica_devices: int = 0
+    fits: bool
+    iteration_ms: float | None = Field(None, description="closed form, all-reduce included")
+    throughput_samples_per_s: float = Field(0.0, description="closed form, all replicas")
+    allreduce_ms: float = Field(0.0, description="slowest stage's step-tail collectives")
+    chosen: bool = False
+    note: str = ""
+
+
 class BaselineRow(BaseModel):
     strategy: str
     stages: int
@@ -207,6 +251,13 @@ class Plan(BaseModel):
     routing: Routing
     predicted: Predicted
     solver: SolverReport
+    layout: Layout = Field(default_factory=Layout)
+    replicas: list[list[str]] = Field(
+        default_factory=list,
+        description="per data-parallel replica: the device of each stage (replica 0 is "
+        "`stages[*].device`)",
+    )
+    layouts_tried: list[LayoutTrial] = Field(default_factory=list)
     simulation: Simulation | None = None
     schedule: Schedule | None = None
     baselines: list[BaselineRow] = Field(default_factory=list)

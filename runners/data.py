@@ -6,7 +6,8 @@ indices over the last output dimension when the output looks like logits (floati
 point, last dimension >= 2), else standard-normal regression targets. Synthetic data is
 one fixed global batch, the same every step (so a falling loss shows the pipeline learns);
 every tensor is a function of (seed, micro-batch), so every rank and the single-process
-reference draw the same data. With `--data file.npz`, rows are taken in order, step after
+reference draw the same data. Micro-batches are numbered over the global batch: with r
+data-parallel replicas of m micro-batches, replica k runs micro-batches k m .. k m + m - 1. With `--data file.npz`, rows are taken in order, step after
 step, wrapping around.
 """
 
@@ -72,6 +73,8 @@ class DataSource:
         self.bounds = index_bounds(bundle, manifest)
         self.arrays = dict(np.load(npz)) if npz else None
         self.mb = manifest.microbatch_size
+        #: micro-batches per step over all replicas (replica k runs k m .. k m + m - 1)
+        self.per_step = manifest.microbatches * manifest.data_parallel
 
     def inputs(self, step: int, microbatch: int) -> dict[str, torch.Tensor]:
         out = {}
@@ -90,7 +93,7 @@ class DataSource:
         return torch.randn(tuple(shape), generator=g, dtype=torch_dtype(output.dtype))
 
     def _slice(self, array: np.ndarray, step: int, microbatch: int) -> torch.Tensor:
-        index = (step * self.manifest.microbatches + microbatch) * self.mb
+        index = (step * self.per_step + microbatch) * self.mb
         n = array.shape[0]
         rows = [(index + i) % n for i in range(self.mb)]
         return torch.from_numpy(np.ascontiguousarray(array[rows]))

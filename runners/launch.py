@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cost.errors import PipeplanError
 from cost.files import check_output_file, write_text_atomic
-from exporters.manifest import MANIFEST_VERSION, Manifest
+from exporters.manifest import MANIFEST_VERSION, READABLE_VERSIONS, Manifest
 from runners.report import Measured, RunReport, StageTiming
 
 
@@ -51,9 +51,10 @@ def load_bundle(bundle: str | os.PathLike[str]) -> tuple[Path, Manifest]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise PipeplanError(f"unreadable manifest {path}: {str(exc).splitlines()[0]}") from None
     version = raw.get("manifest_version") if isinstance(raw, dict) else None
-    if version != MANIFEST_VERSION:
+    if version not in READABLE_VERSIONS:
         raise PipeplanError(
-            f"bundle {root} has manifest version {version!r}; this pipeplan reads version {MANIFEST_VERSION}: export it again"
+            f"bundle {root} has manifest version {version!r}; this pipeplan reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (writes {MANIFEST_VERSION}): export it again"
         )
     try:
         manifest = Manifest.model_validate(raw)
@@ -97,10 +98,15 @@ def run(
     check_output_file(report, "report")
     check_output_file(trace, "trace")
     root, manifest = load_bundle(bundle)
-    devices = list(dict.fromkeys(st.device for st in manifest.stages))
-    if nproc is not None and nproc != len(devices):
+    world = manifest.world_size
+    if nproc is not None and nproc != world:
+        layout = (
+            f"{manifest.data_parallel} replicas x {len(manifest.pipeline_devices)} devices"
+            if manifest.data_parallel > 1
+            else f"stages on {world} devices"
+        )
         raise PipeplanError(
-            f"the plan places stages on {len(devices)} devices; --nproc {nproc} does not match"
+            f"the plan runs {layout} ({world} ranks); --nproc {nproc} does not match"
         )
     if steps < 1:
         raise PipeplanError(f"--steps must be at least 1 (got {steps})")
@@ -112,7 +118,7 @@ def run(
     try:
         _launch(
             root,
-            len(devices),
+            world,
             out,
             steps=steps,
             mode=mode,
@@ -123,7 +129,7 @@ def run(
             timeout_s=timeout_s,
             dump_grads=check and mode == "train",
         )
-        results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(len(devices))]
+        results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
         result = _report(root, manifest, results, mode=mode, backend=backend, steps=steps)
         if check:
             from runners.reference import check_gradients, check_outputs
@@ -275,14 +281,18 @@ def _report(
                 idle_ms=max(0.0, 1e3 * (total - busy - comm) / n_steps),
             )
         )
-    losses = next((r["losses"] for r in results if r["losses"]), [])
+    # each replica's last stage has its replica's loss; the step's loss is their mean
+    replica_losses = [r["losses"] for r in results if r["losses"]]
+    losses = [sum(v) / len(v) for v in zip(*replica_losses, strict=True)] if replica_losses else []
     predicted = _predicted_ms(root, mode)
-    samples = manifest.microbatch_size * m
+    samples = manifest.microbatch_size * m * manifest.data_parallel
     return RunReport(
         bundle=str(root),
         mode=mode,
         backend=backend,
         world_size=len(results),
+        data_parallel=manifest.data_parallel,
+        zero=manifest.zero,
         schedule=manifest.schedule.kind,
         microbatches=m,
         microbatch_size=manifest.microbatch_size,

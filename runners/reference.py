@@ -4,8 +4,9 @@
   (`manifest.model_path`; a missing model is an error, never a silent comparison of the
   stages with themselves). A graph-only source (weights absent, random weights in the
   run) is compared with the stage models chained in onnxruntime, and says so.
-* Training: every stage's parameter gradients after one step against one process running
-  the same converted stage graphs back to back on the same data (tied weights: gradients
+* Training: every stage's parameter gradients after one step (every data-parallel
+  replica's, after their all-reduce) against one process running the same converted
+  stage graphs back to back on the same data, the whole global batch (tied weights: gradients
   summed over the stages holding a copy, as the run's all-reduce does), with the ranks'
   thread count (`OMP_NUM_THREADS`, 1 unless set: a different count changes the order of
   floating-point sums). Relative difference = max |a - b| / scale per tensor, scale =
@@ -81,7 +82,7 @@ def check_outputs(
     got = _load_npz(folder, "outputs")
     source = DataSource(manifest, root, seed=seed, npz=data)
     worst_abs = worst_rel = 0.0
-    for mb in range(manifest.microbatches):
+    for mb in range(source.per_step):
         feeds = {k: v.numpy() for k, v in source.inputs(0, mb).items()}
         ref = reference(feeds)
         for o in manifest.graph_outputs:
@@ -96,7 +97,7 @@ def check_outputs(
         max_rel_diff=worst_rel,
         tolerance=OUTPUT_TOLERANCE,
         passed=passed,
-        detail=f"{manifest.microbatches} micro-batches vs onnxruntime on "
+        detail=f"{source.per_step} micro-batches vs onnxruntime on "
         + (
             "the source model"
             if manifest.weights == "present"
@@ -113,7 +114,7 @@ def reference_gradients(
 
     modules = {st.index: convert(str(root / st.file), seed=seed) for st in manifest.stages}
     source = DataSource(manifest, root, seed=seed, npz=data)
-    m = manifest.microbatches
+    m = source.per_step  # the global batch: every replica's micro-batches
     for mb in range(m):
         env: dict[str, torch.Tensor] = dict(source.inputs(0, mb))
         loss = torch.zeros(())
@@ -156,15 +157,35 @@ def compare_gradients(
     return worst_abs, worst_rel, missing
 
 
+def _replica_gradients(folder: Path, manifest: Manifest) -> list[dict[str, np.ndarray]]:
+    """Each replica's gradients (after its all-reduce), keyed '<stage>/<onnx name>'."""
+    p = len(manifest.pipeline_devices)
+    out: list[dict[str, np.ndarray]] = [{} for _ in range(manifest.data_parallel)]
+    for f in sorted(folder.glob("grads_rank*.npz")):
+        rank = int(f.stem.removeprefix("grads_rank"))
+        with np.load(f) as z:
+            out[rank // p].update({k: z[k] for k in z.files})
+    return out
+
+
 def check_gradients(
     root: Path, manifest: Manifest, folder: Path, *, seed: int, data: str | None
 ) -> CheckResult:
-    got = _load_npz(folder, "grads")
     with ranks_threads():
         ref = reference_gradients(root, manifest, seed=seed, data=data)
-    worst_abs, worst_rel, missing = compare_gradients(got, ref)
+    worst_abs = worst_rel = 0.0
+    missing: list[str] = []
+    for got in _replica_gradients(folder, manifest):
+        a, r, miss = compare_gradients(got, ref)
+        worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
+        missing = missing or miss
     passed = not missing and worst_rel <= GRADIENT_TOLERANCE
     detail = f"{len(ref)} gradient tensors vs one process"
+    if manifest.data_parallel > 1:
+        detail += (
+            f" over the global batch ({manifest.data_parallel} replicas x "
+            f"{manifest.microbatches} micro-batches), every replica compared"
+        )
     if missing:
         detail += f"; present on one side only: {', '.join(missing[:3])}"
     return CheckResult(

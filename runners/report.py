@@ -42,8 +42,10 @@ class RunReport(BaseModel):
     mode: str
     backend: str
     world_size: int
+    data_parallel: int = Field(1, description="replicas of the pipeline")
+    zero: int = Field(0, description="1: optimizer state sharded across replicas (ZeRO-1)")
     schedule: str
-    microbatches: int
+    microbatches: int = Field(description="per replica per step")
     microbatch_size: int
     steps: int
     losses: list[float] = Field(default_factory=list, description="mean loss per step (training)")

@@ -9,6 +9,19 @@ boundaries are relayed by the stages in between, and their gradients come back t
 way (see the README, "Routing"). After the last action: wait for the sends, all-reduce
 the gradients of weights held by several stages (tied embeddings), optimizer step.
 
+Data parallelism (`manifest.data_parallel` = r replicas of the pipeline, world size r x p):
+rank = replica x p + position, position the device's place among replica 0's devices.
+`torch.distributed.device_mesh` lays the ranks out as a (dp, pp) mesh; a rank's "dp"
+group joins the ranks holding the same stages in every replica. Replica k runs global
+micro-batches k m .. k m + m - 1, its pipeline messages go to the ranks of its replica.
+As soon as a stage's last backward (its last W, when backward is split) has run, its
+gradients are all-reduced over the dp group, asynchronously, in buckets of at most
+`cost.collectives.DEFAULT_BUCKET_BYTES` (as PyTorch DDP, Li et al. VLDB 2020), while the
+rank goes on with its program; the step waits for them and divides by r (the mean over
+the global batch). `zero: 1` steps through `torch.distributed.optim.ZeroRedundancyOptimizer`
+(ZeRO-1, Rajbhandari et al. SC 2020): each rank keeps optimizer state for a shard of its
+parameters and broadcasts its updated shard.
+
 A rank that fails writes `errors/rank<r>.txt` (one line) before exiting non-zero; the
 launcher turns that into the run's one-line error. A NaN or infinite loss is a failure.
 """
@@ -29,6 +42,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from cost.collectives import DEFAULT_BUCKET_BYTES
 from exporters.manifest import Manifest
 from runners.data import DataSource, is_classification, loss_of, torch_dtype
 from runners.stage import StageRunner
@@ -43,11 +57,23 @@ def message_tag(direction: str, microbatch: int, src_stage: int, tensor: int, st
 
 
 def device_ranks(manifest: Manifest) -> dict[str, int]:
-    """Device id -> rank: devices numbered in order of their first stage."""
-    ranks: dict[str, int] = {}
-    for st in manifest.stages:
-        ranks.setdefault(st.device, len(ranks))
-    return ranks
+    """Replica 0's device id -> its position (its rank in replica 0): devices numbered in
+    order of their first stage."""
+    return {d: i for i, d in enumerate(manifest.pipeline_devices)}
+
+
+def buckets(tensors: list[torch.Tensor], limit: int) -> list[list[torch.Tensor]]:
+    """Consecutive groups of tensors, each at most `limit` bytes (a larger tensor alone)."""
+    out: list[list[torch.Tensor]] = []
+    size = 0
+    for t in tensors:
+        nbytes = t.numel() * t.element_size()
+        if not out or size + nbytes > limit:
+            out.append([])
+            size = 0
+        out[-1].append(t)
+        size += nbytes
+    return out
 
 
 class Rank:
@@ -58,12 +84,18 @@ class Rank:
         self.training = args.mode == "train"
         self.rank = dist.get_rank()
         self.ranks = device_ranks(self.manifest)
+        self.p = len(self.ranks)
+        self.r = self.manifest.data_parallel
+        self.replica, position = divmod(self.rank, self.p)
         self.device_of_rank = {r: d for d, r in self.ranks.items()}
-        self.device = self.device_of_rank[self.rank]
-        self.stage_rank = {st.index: self.ranks[st.device] for st in self.manifest.stages}
+        self.device = self.device_of_rank[position]  # replica 0's id: the actions' key
+        base = self.replica * self.p
+        self.stage_rank = {st.index: base + self.ranks[st.device] for st in self.manifest.stages}
         self.num_stages = len(self.manifest.stages)
         self.m = self.manifest.microbatches
+        self.first_microbatch = self.replica * self.m  # this replica's share of the batch
         self.data = DataSource(self.manifest, self.bundle, seed=args.seed, npz=args.data)
+        self.dp_group = self._data_parallel_group()
         self.torch_device = (
             torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             if args.backend == "nccl"
@@ -87,6 +119,8 @@ class Rank:
             for a in self.manifest.schedule.actions[self.device]
             if self.training or _forward_action(a)
         ]
+        self.last_gradient_action = self._last_gradient_actions()
+        self.pending_reductions: list = []
         self.last = self.num_stages - 1
         self.shapes = {r.tensor: (r.shape, r.dtype) for r in self.manifest.routing.forward}
         self.optimizer = self._optimizer() if self.training else None
@@ -105,19 +139,76 @@ class Rank:
         kind = self.manifest.plan_config.get("optimizer", "adam")
         lr = self.args.lr
         if kind == "adam":
-            return torch.optim.Adam(params, lr=lr if lr is not None else 1e-3)
-        if kind == "momentum":
-            return torch.optim.SGD(params, lr=lr if lr is not None else 0.05, momentum=0.9)
-        return torch.optim.SGD(params, lr=lr if lr is not None else 0.05)
+            cls, options = torch.optim.Adam, {"lr": lr if lr is not None else 1e-3}
+        elif kind == "momentum":
+            cls, options = torch.optim.SGD, {"lr": lr if lr is not None else 0.05, "momentum": 0.9}
+        else:
+            cls, options = torch.optim.SGD, {"lr": lr if lr is not None else 0.05}
+        if self.manifest.zero and self.dp_group is not None:
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+            return ZeroRedundancyOptimizer(
+                params, optimizer_class=cls, process_group=self.dp_group, **options
+            )
+        return cls(params, **options)
+
+    def _data_parallel_group(self):
+        """This rank's group across replicas (same stages, every replica), from a (dp, pp)
+        device mesh; None for one replica."""
+        if self.r < 2:
+            return None
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(
+            "cuda" if self.args.backend == "nccl" else "cpu",
+            (self.r, self.p),
+            mesh_dim_names=("dp", "pp"),
+        )
+        return mesh.get_group("dp")
 
     def _shared_groups(self):
-        """One process group per weight held by stages on several ranks (created on every rank)."""
+        """Per replica, one process group per weight held by stages on several of its
+        ranks (every rank creates every group, in the same order)."""
         groups = []
         for w in self.manifest.shared_weights:
-            ranks = sorted({self.stage_rank[s] for s in w.stages})
-            group = dist.new_group(ranks) if len(ranks) > 1 else None
-            groups.append((w, ranks, group))
+            for replica in range(self.r):
+                base = replica * self.p
+                ranks = sorted(
+                    {base + self.ranks[self.manifest.stages[s].device] for s in w.stages}
+                )
+                group = dist.new_group(ranks) if len(ranks) > 1 else None
+                if replica == self.replica:
+                    groups.append((w, ranks, group))
         return groups
+
+    def _last_gradient_actions(self) -> dict[int, int]:
+        """Stage -> index in the program of the action after which its weight gradients
+        are complete (its last B, or its last W when backward is split)."""
+        if not self.training or self.r < 2:
+            return {}
+        op = "W" if self.manifest.schedule.split_backward else "B"
+        return {a.stage: i for i, a in enumerate(self.program) if a.op == op}
+
+    # ------------------------------------------------------------------ data parallelism
+
+    def _start_reduction(self, stage: int) -> None:
+        """All-reduce the stage's gradients across replicas, bucketed, without waiting."""
+        grads = [p.grad for p in self.stages[stage].params if p.grad is not None]
+        for group in buckets(grads, DEFAULT_BUCKET_BYTES):
+            flat = torch._utils._flatten_dense_tensors(group)
+            work = dist.all_reduce(flat, group=self.dp_group, async_op=True)
+            self.pending_reductions.append((work, flat, group))
+
+    def _finish_reductions(self) -> None:
+        """Wait for the all-reduces; gradients become the mean over replicas."""
+        for work, flat, group in self.pending_reductions:
+            work.wait()
+            flat.div_(self.r)
+            for g, value in zip(
+                group, torch._utils._unflatten_dense_tensors(flat, group), strict=True
+            ):
+                g.copy_(value)
+        self.pending_reductions = []
 
     # ------------------------------------------------------------------ messages
 
@@ -154,7 +245,7 @@ class Rank:
         sends: list = []
         step_loss = 0.0
         t0 = time.perf_counter()
-        for a in self.program:
+        for index, a in enumerate(self.program):
             start = time.perf_counter()
             if a.op == "RECV":
                 works, buffers = posted[a.message_key()]
@@ -175,6 +266,8 @@ class Rank:
                 )
             elif a.op == "W":
                 self.stages[a.stage].backward_weight(a.microbatch)
+            if self.last_gradient_action.get(a.stage) == index:
+                self._start_reduction(a.stage)
             self.events.append(
                 (
                     a.op,
@@ -191,6 +284,18 @@ class Rank:
             ("WAIT", -1, -1, start - t0 + self._offset, time.perf_counter() - t0 + self._offset)
         )
         if self.training:
+            if self.pending_reductions:
+                start = time.perf_counter()
+                self._finish_reductions()
+                self.events.append(
+                    (
+                        "ALLREDUCE",
+                        -1,
+                        -1,
+                        start - t0 + self._offset,
+                        time.perf_counter() - t0 + self._offset,
+                    )
+                )
             self._sync_shared()
             if self.args.dump_grads and step == 0:
                 self._dump_grads()
@@ -226,7 +331,7 @@ class Rank:
 
     def _forward(self, a, step, received, produced) -> float:
         stage = self.stages[a.stage]
-        graph_inputs = self.data.inputs(step, a.microbatch)
+        graph_inputs = self.data.inputs(step, self.first_microbatch + a.microbatch)
         incoming = received.get(("fwd", a.microbatch, a.stage - 1, a.stage), {})
         feed = {}
         for t in stage.spec.inputs:
@@ -238,14 +343,16 @@ class Rank:
             return 0.0
         finals = [o for o in stage.spec.outputs if "graph" in o.destinations]
         if not self.training:
-            self.outputs[a.microbatch] = {
+            self.outputs[self.first_microbatch + a.microbatch] = {
                 o.name: outs[o.name].detach().cpu().numpy() for o in finals
             }
             return 0.0
         loss = (
             sum(
                 loss_of(
-                    outs[o.name], self.data.targets(o, step, a.microbatch), is_classification(o)
+                    outs[o.name],
+                    self.data.targets(o, step, self.first_microbatch + a.microbatch),
+                    is_classification(o),
                 )
                 for o in finals
             )
@@ -305,6 +412,7 @@ class Rank:
     def result(self) -> dict:
         return {
             "rank": self.rank,
+            "replica": self.replica,
             "device": self.device,
             "stages": sorted(self.stages),
             "step_ms": self.step_ms,

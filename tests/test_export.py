@@ -235,7 +235,7 @@ def test_cli_export_and_errors(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("export", sample("gpt"), str(plan_file), "-o", str(tmp_path / "b"))
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["manifest_version"] == 1
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["manifest_version"] == 2
     for args, fragment in [
         (("export", sample("gpt"), str(plan_file), "-o", str(tmp_path / "b")), "exists"),
         (("export", sample("mlp"), str(plan_file), "-o", str(tmp_path / "c")), "another graph"),

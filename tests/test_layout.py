@@ -30,6 +30,7 @@ PLANNER_PATH = (
     "planner.plan_file",
     "planner.simulate",
     "planner.assemble",
+    "planner.parallel",
     "planner.api",
     "planner.whatif",
 )

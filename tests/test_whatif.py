@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -22,9 +21,9 @@ from planner.api import plan_graph
 from planner.config import PlanConfig
 from planner.graph.inspect import load_model
 from planner.graph.shapes import ShapeBindings
-from planner.whatif.analysis import allreduce_seconds, stage_gradient_bytes, whatif
+from planner.parallel.replicas import replica_layouts
+from planner.whatif.analysis import whatif
 from planner.whatif.cache import PlanCache, plan_key
-from planner.whatif.replicas import replica_layouts
 from planner.whatif.scenarios import add_devices, build_scenarios, homogeneous_cluster, with_link
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,21 +106,6 @@ def test_replica_layouts_are_identical_disjoint_and_keep_the_most_replicas():
         x.replicas_count == 2 and x.sub.summary().endswith("(3 devices, 2 nodes)")
         for x in replica_layouts(mixed)
     )
-
-
-def test_ring_allreduce_closed_form(cache):
-    """2(r-1) alpha + 2(r-1)/r G / beta over the slowest hop (Patarasuk & Yuan 2009)."""
-    mg, lg = load_model(GPT, ShapeBindings(batch=8))
-    two_nodes = homogeneous_cluster(A100, 16)
-    layout = next(
-        x for x in replica_layouts(two_nodes) if x.replicas_count == 2 and len(x.sub.nodes) == 1
-    )
-    p = cache.plan(mg, lg, layout.sub, FAST, ShapeBindings(batch=8))
-    grads = stage_gradient_bytes(p, lg, mg)
-    assert sum(grads) >= mg.param_count * 4  # fp32; tied weights count on each stage
-    ib = PRESETS["IB-HDR"]
-    expect = max(2 * ib.latency_us * 1e-6 + g / ib.effective_bytes_per_s for g in grads)
-    assert math.isclose(allreduce_seconds(two_nodes, layout, p, grads), expect, rel_tol=1e-12)
 
 
 # ------------------------------------------------------------------ monotonicity

@@ -22,7 +22,12 @@ device. `evaluate` prices it, per micro-batch:
   Alpa, Zheng et al., OSDI 2022, eq. 2). With equal stages and free links it gives
   GPipe's bubble fraction (p - 1) / (m + p - 1) exactly. Plus the **step tail** `max_s O_s`:
   the optimizer step over each stage's parameters (`cost.optimizer`), run once the
-  pipeline has drained, the iteration waiting for the slowest device.
+  pipeline has drained, the iteration waiting for the slowest device. When the pipeline
+  is one of r data-parallel replicas, `O_s` also holds the ring all-reduce of the stage's
+  gradients across replicas and, with ZeRO-1, the all-gather of its updated parameters
+  (`cost.collectives`; `planner.partition.problem.build_problem`): counted after the
+  drain here (conservative); the simulator starts each device's all-reduce when its own
+  program ends, as the runner does, overlapping the drain of the stages before it.
 * **Latency** (inference): `sum_s F_s + sum_s K_s`, one micro-batch through the pipeline.
 * **Memory** per stage: weights, gradients and optimizer state of its parameters (a
   shared weight once per stage that uses it), buffers, and saved activations times the
@@ -73,8 +78,11 @@ class StageEval:
     activation_bytes: int
     capacity_bytes: int
     in_flight: int
-    #: the optimizer step over the stage's parameters, once per iteration (the step tail)
+    #: the step tail, once per iteration: the gradient all-reduce across data-parallel
+    #: replicas, the optimizer step over the stage's parameters, ZeRO-1's all-gather
     optimizer_s: float = 0.0
+    #: the collective part of `optimizer_s` (0 for a single pipeline)
+    sync_s: float = 0.0
     #: per micro-batch: the stage held by its own sends over host-driven links
     #: (`LinkSpec.send_blocking_seconds`), in series with its compute
     send_blocking_s: float = 0.0
@@ -181,6 +189,11 @@ def evaluate(problem: Problem, a: Assignment) -> Evaluation:
             for sp in problem.shared
             if sp.optimizer_s and layer_set.intersection(sp.layers)
         )
+        sync = sum(
+            problem.layers[layer].sync_s[g] for layer in layers if problem.layers[layer].sync_s
+        ) + sum(
+            sp.sync_s[g] for sp in problem.shared if sp.sync_s and layer_set.intersection(sp.layers)
+        )
         acts_one = sum(problem.layers[layer].activation_bytes for layer in layers)
         flight = in_flight_microbatches(schedule, s, p, m) if training else 1
         if training and cfg.recompute:
@@ -206,6 +219,7 @@ def evaluate(problem: Problem, a: Assignment) -> Evaluation:
                 capacity_bytes=int(problem.capacity(g)),
                 in_flight=flight,
                 optimizer_s=optimizer,
+                sync_s=sync,
                 send_blocking_s=hold[s],
             )
         )

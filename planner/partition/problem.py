@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from cost.cluster import Cluster
+from cost.collectives import ReplicaRing, ring_allgather_seconds, ring_allreduce_seconds
 from cost.devices import DeviceSpec
 from cost.errors import PipeplanError
 from cost.links import LOCAL_LINK, LinkSpec
@@ -51,8 +52,12 @@ class LayerCost:
     buffer_bytes: int
     activation_bytes: int  # saved for backward per micro-batch, at the plan's dtype
     param_bytes: int  # bytes of the weights themselves (for the `params` baseline)
-    #: per group: the optimizer step over this layer's own parameters (once per iteration)
+    #: per group: the step tail of this layer's own parameters, once per iteration: the
+    #: gradient all-reduce across data-parallel replicas, the optimizer step (of 1/r of
+    #: them with ZeRO-1) and ZeRO-1's parameter all-gather. What every strategy prices.
     optimizer_s: tuple[float, ...] = ()
+    #: per group: the collective part of `optimizer_s` (all-reduce + all-gather)
+    sync_s: tuple[float, ...] = ()
 
     def compute_s(self, group: int, training: bool) -> float:
         return self.forward_s[group] + (self.backward_s[group] if training else 0.0)
@@ -76,8 +81,10 @@ class SharedParam:
     name: str
     layers: tuple[int, ...]
     state_bytes: int
-    #: per group: the optimizer step over this weight (once per stage holding it)
+    #: per group: the step tail of this weight (once per stage holding it), as `LayerCost`
     optimizer_s: tuple[float, ...] = ()
+    #: per group: the collective part of `optimizer_s`
+    sync_s: tuple[float, ...] = ()
 
 
 @dataclass
@@ -90,6 +97,12 @@ class Problem:
     cluster: Cluster
     config: PlanConfig
     links: dict[tuple[int, int], LinkSpec] = field(default_factory=dict)
+    #: the data-parallel replicas this pipeline is one of (None: a single pipeline)
+    ring: ReplicaRing | None = None
+
+    @property
+    def replicas(self) -> int:
+        return self.ring.replicas if self.ring is not None else 1
 
     @property
     def training(self) -> bool:
@@ -145,14 +158,71 @@ def device_groups(cluster: Cluster) -> list[DeviceGroup]:
     return groups
 
 
-def build_problem(mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: PlanConfig) -> Problem:
-    """Price every layer on every device group; list inter-layer tensor flows."""
+def _ring_links(groups: list[DeviceGroup], ring: ReplicaRing | None) -> list[LinkSpec | None]:
+    """Per group: the slowest all-reduce ring hop of its devices (None: one replica)."""
+    if ring is None or ring.replicas < 2:
+        return [None] * len(groups)
+    out: list[LinkSpec | None] = []
+    for g in groups:
+        missing = [d for d in g.devices if d not in ring.links]
+        if missing:
+            raise ValueError(f"the replica ring has no link for device {missing[0]}")
+        out.append(min((ring.links[d] for d in g.devices), key=lambda x: x.effective_bytes_per_s))
+    return out
+
+
+def _step_tails(
+    groups: list[DeviceGroup],
+    config: PlanConfig,
+    ring: ReplicaRing | None,
+    ring_links: list[LinkSpec | None],
+    numel: int,
+    tensors: int,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per group: (step tail, its collective part) for `numel` trainable parameters in
+    `tensors` tensors: gradient all-reduce + optimizer step (1/r of it under ZeRO-1; the
+    step's time is linear in parameters and tensors, `cost.optimizer`) + ZeRO-1 all-gather
+    of the updated parameters (`cost.collectives`)."""
+    if not config.training or numel <= 0:
+        return (), ()
+    r = ring.replicas if ring is not None else 1
+    shards = ring.zero_shards if ring is not None else 1
+    nbytes = numel * (4 if config.dtype == "fp32" else 2)  # gradients (and weights) at dtype
+    tails, syncs = [], []
+    for g, link in zip(groups, ring_links, strict=True):
+        step = optimizer_step_seconds(g.spec, numel, tensors, config.optimizer) / shards
+        sync = 0.0
+        if link is not None:
+            sync = ring_allreduce_seconds(nbytes, r, link, ring.bucket_bytes)
+            if shards > 1:
+                sync += ring_allgather_seconds(nbytes, r, link, ring.bucket_bytes)
+        tails.append(step + sync)
+        syncs.append(sync)
+    return tuple(tails), tuple(syncs)
+
+
+def build_problem(
+    mg: ModelGraph,
+    lg: LayerGraph,
+    cluster: Cluster,
+    config: PlanConfig,
+    ring: ReplicaRing | None = None,
+) -> Problem:
+    """Price every layer on every device group; list inter-layer tensor flows.
+
+    `ring`: this pipeline is one of `ring.replicas` data-parallel replicas: every layer's
+    step tail then includes its gradients' all-reduce over the ring (and with ZeRO-1 its
+    sharded step, the all-gather and the sharded optimizer state in memory)."""
     if cluster.num_devices < 1:
         raise PipeplanError("the cluster has no devices")
     groups = device_groups(cluster)
+    ring_links = _ring_links(groups, ring)
+    shards = ring.zero_shards if ring is not None else 1
     dtype = config.dtype
     scale = dtype_bytes_scale(dtype)
-    per_param = bytes_per_param(dtype, config.optimizer, training=config.training)
+    per_param = bytes_per_param(
+        dtype, config.optimizer, training=config.training, zero_shards=shards
+    )
     param_layers: dict[str, list[int]] = {}
     for layer in lg.layers:
         for p in layer.params:
@@ -182,15 +252,8 @@ def build_problem(mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: Plan
         own = [mg.params[p] for p in layer.params if p not in shared_names]
         state = sum(p.numel * per_param for p in own if p.trainable)
         trainable = [p for p in own if p.trainable]
-        step = (
-            tuple(
-                optimizer_step_seconds(
-                    g.spec, sum(p.numel for p in trainable), len(trainable), config.optimizer
-                )
-                for g in groups
-            )
-            if config.training
-            else ()
+        step, sync = _step_tails(
+            groups, config, ring, ring_links, sum(p.numel for p in trainable), len(trainable)
         )
         layers.append(
             LayerCost(
@@ -204,18 +267,15 @@ def build_problem(mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: Plan
                 activation_bytes=int(layer.activation_bytes * scale),
                 param_bytes=layer.param_bytes,
                 optimizer_s=step,
+                sync_s=sync,
             )
         )
     shared = []
     for name in sorted(shared_names):
         p = mg.params[name]
         state = p.numel * per_param if p.trainable else p.nbytes * scale
-        step = (
-            tuple(optimizer_step_seconds(g.spec, p.numel, 1, config.optimizer) for g in groups)
-            if config.training and p.trainable
-            else ()
-        )
-        shared.append(SharedParam(name, tuple(param_layers[name]), int(state), step))
+        step, sync = _step_tails(groups, config, ring, ring_links, p.numel if p.trainable else 0, 1)
+        shared.append(SharedParam(name, tuple(param_layers[name]), int(state), step, sync))
     flows: dict[str, Flow] = {}
     consumers: dict[str, set[int]] = {}
     producers: dict[str, int] = {}
@@ -252,4 +312,5 @@ def build_problem(mg: ModelGraph, lg: LayerGraph, cluster: Cluster, config: Plan
         cluster,
         config,
         links,
+        ring,
     )

@@ -7,40 +7,21 @@ each one and returns a `WhatIfReport`: one `Row` per scenario with throughput, s
 memory, bubble, price and marginal gain. `min_devices_kind` also finds the fewest
 devices of one kind on which the model trains at all.
 
-Pipeline x data parallelism (PP x DP, as in D. Narayanan et al., "Efficient Large-Scale
-Language Model Training on GPU Clusters Using Megatron-LM", SC 2021). A scenario's
-cluster is tried as r identical replicas of one pipeline, for every replica layout
-`planner.whatif.replicas.replica_layouts` finds (r = 1, the whole cluster, always among them).
-One replica's sub-cluster is planned with `planner.api.plan_graph` (cached on disk,
-`planner.whatif.cache`); every replica runs that plan on its own global batch B = micro-
-batch size x m, then the replicas all-reduce their gradients. Per iteration:
-
-    T(r) = T_pipe + T_allreduce,     throughput(r) = r x B / T(r)
-
-T_pipe is the replica plan's simulated iteration (`predicted.iteration_ms`). The
-all-reduce is a ring (P. Patarasuk and X. Yuan, "Bandwidth optimal all-reduce algorithms
-for clusters of workstations", J. Parallel Distrib. Comput. 69(2):117-124, 2009): each
-stage's devices across the r replicas form one ring, which moves 2(r - 1)/r of the
-stage's gradient bytes G_s through its slowest hop in 2(r - 1) steps, each paying that
-hop's latency (alpha-beta, Hockney 1994, as `cost.links`):
-
-    T_allreduce = max over stages s of  2(r - 1) alpha_s + 2(r - 1)/r x G_s / beta_s
-
-G_s = trainable parameters held by stage s (shared weights once per stage) x bytes per
-element of the plan's dtype (4 for fp32, 2 for bf16/fp16). Rings of different stages run
-at the same time on different devices (their links are not assumed to interfere), after
-the pipeline flush (no overlap with the backward pass: a conservative figure). Every
-replica holds what the replica plan holds: no ZeRO sharding. The layout with the highest
-throughput that fits wins (ties: the first, fewer replicas). With `--objective latency`
-(inference of one sample) only r = 1 is tried; r > 1 is skipped for a scenario whose
-replica plan is not for training.
+Pipeline x data parallelism. Each scenario is planned by `planner.api.plan_graph`, the
+same search `pipeplan plan` runs (`planner.parallel.search`: r identical replicas of a
+pipeline for every replica layout, each replica's split priced with the ring all-reduce
+of its stages' gradients, the fastest layout by the closed form kept), cached on disk
+(`planner.whatif.cache`). A row reports the job plan's simulated figures: throughput over
+all replicas, iteration time with the all-reduce, the replica pipeline's bubble. With
+`--objective latency` (inference of one sample) or `data_parallel=False`, one pipeline.
 
 Scaling. `weak` (the default): every replica runs the given settings, so the global
 batch grows with r (r x B samples per iteration; `Row.global_batch` says what it is), as
 when the per-replica batch is fixed. `strong`: the global batch B = micro-batch size x m
-is fixed and split, each replica running m / r micro-batches (layouts whose r does not
-divide m are skipped); fewer micro-batches per pipeline mean a larger bubble, the
-trade-off Narayanan et al. discuss (their section 3.3). Compare rows under one scaling.
+is fixed (the planner's `global_batch`) and split, each replica running m / r
+micro-batches (layouts whose r does not divide m are skipped); fewer micro-batches per
+pipeline mean a larger bubble, the trade-off Narayanan et al. (SC 2021) discuss in
+their section 3.3. Compare rows under one scaling.
 
 Within an `--add` sweep, each scenario's cluster contains the previous one's (devices
 are only added), so the previous scenario's best layout still runs on it with the added
@@ -61,12 +42,12 @@ from pydantic import BaseModel, Field
 
 from cost.cluster import Cluster, load_cluster
 from cost.errors import PipeplanError
+from planner.assemble import microbatch_size
 from planner.config import PlanConfig
 from planner.graph.inspect import load_model
 from planner.graph.shapes import ShapeBindings
 from planner.plan_file import Plan
 from planner.whatif.cache import LayerOptions, PlanCache
-from planner.whatif.replicas import ReplicaLayout, replica_layouts, ring_link_seconds
 from planner.whatif.scenarios import (
     Scenario,
     build_scenarios,
@@ -74,9 +55,6 @@ from planner.whatif.scenarios import (
     homogeneous_cluster,
     resolve_kind,
 )
-
-#: Bytes per gradient element by plan dtype.
-GRAD_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 Progress = Callable[[int, int, str], None]
 Scaling = Literal["weak", "strong"]
@@ -157,64 +135,64 @@ class WhatIfReport(BaseModel):
 
 @dataclass
 class LayoutResult:
-    """A replica layout, its replica plan, and the whole-cluster figures."""
+    """A scenario's job plan (`planner.api.plan_graph`: its layout chosen by the planner's
+    search) and the whole-cluster figures read from it."""
 
-    layout: ReplicaLayout
     plan: Plan
-    allreduce_s: float
-    iteration_s: float
-    throughput: float
-    global_batch: int
 
     @property
     def used_devices(self) -> list[str]:
-        """Ids (in the scenario's cluster) of the devices running a stage, all replicas."""
-        sub = list(dict.fromkeys(s.device for s in self.plan.stages))
-        return [replica[d] for replica in self.layout.replicas for d in sub]
+        """Ids of the devices running a stage, all replicas."""
+        replicas = self.plan.replicas or [[s.device for s in self.plan.stages]]
+        return list(dict.fromkeys(d for rep in replicas for d in rep))
 
     @property
     def devices_used(self) -> int:
         """Devices running a stage, all replicas (interleaved stages share devices)."""
         return len(self.used_devices)
 
+    @property
+    def replicas(self) -> int:
+        return self.plan.layout.data_parallel
 
-def stage_gradient_bytes(plan: Plan, lg, mg) -> list[int]:
-    """Gradient bytes per stage: trainable parameters held x bytes per element of dtype."""
-    per_elem = GRAD_BYTES.get(plan.config.dtype, 4)
-    out = []
-    for stage in plan.stages:
-        names = {p for layer in stage.layers for p in lg.layer_named(layer).params}
-        count = sum(mg.params[p].numel for p in names if p in mg.params and mg.params[p].trainable)
-        out.append(count * per_elem)
-    return out
+    @property
+    def throughput(self) -> float:
+        return self.plan.predicted.throughput_samples_per_s
 
+    @property
+    def iteration_s(self) -> float:
+        return self.plan.predicted.iteration_ms * 1e-3
 
-def allreduce_seconds(
-    cluster: Cluster, layout: ReplicaLayout, plan: Plan, grad_bytes: list[int]
-) -> float:
-    """Ring all-reduce of every stage's gradients across replicas; the slowest stage's time."""
-    r = layout.replicas_count
-    if r < 2:
-        return 0.0
-    worst = 0.0
-    for stage, g in zip(plan.stages, grad_bytes, strict=True):
-        if g <= 0:
-            continue
-        alpha, beta = ring_link_seconds(cluster, layout, stage.device, g / r)
-        t = 2 * (r - 1) * alpha + 2 * (r - 1) / r * g / beta
-        worst = max(worst, t)
-    return worst
+    @property
+    def allreduce_s(self) -> float:
+        return max((s.sync_ms for s in self.plan.stages), default=0.0) * 1e-3
+
+    @property
+    def global_batch(self) -> int:
+        return self.plan.predicted.global_batch
+
+    @property
+    def description(self) -> str:
+        lay = self.plan.layout
+        return f"{lay.data_parallel} x ({lay.shape})" if lay.shape else ""
 
 
 class _Planner:
-    """Plans clusters for one loaded model, through the cache."""
+    """Plans clusters for one loaded model, through the cache, with the planner's layout
+    search (data parallelism on unless switched off, or for inference)."""
 
     def __init__(
         self, mg, lg, config, bindings, cache: PlanCache, layer_options, dp: bool, scaling: str
     ):
-        self.mg, self.lg, self.config, self.bindings = mg, lg, config, bindings
+        self.mg, self.lg, self.bindings = mg, lg, bindings
         self.cache, self.layer_options, self.dp = cache, layer_options, dp
         self.scaling = scaling
+        update: dict = {}
+        if not dp:
+            update["parallel"] = "pp"
+        if scaling == "strong" and config.global_batch is None:
+            update["global_batch"] = microbatch_size(mg) * config.microbatches
+        self.config = config.model_copy(update=update)
 
     def plan(self, cluster: Cluster, config: PlanConfig | None = None) -> Plan:
         config = config or self.config
@@ -224,50 +202,12 @@ class _Planner:
             config = config.model_copy(update={"schedule": "1f1b"})
         return self.cache.plan(self.mg, self.lg, cluster, config, self.bindings, self.layer_options)
 
-    def replica_count(self, most: int) -> int:
-        """Replicas to run out of `most` possible: all (weak scaling), or the most that
-        divide the micro-batch count (strong scaling)."""
-        if self.scaling == "weak":
-            return most
-        m = self.config.microbatches
-        return max(r for r in range(1, min(most, m) + 1) if m % r == 0)
-
-    def replica_config(self, r: int) -> PlanConfig:
-        """Settings of one of r replicas: as given (weak scaling), or m / r micro-batches
-        (strong scaling)."""
-        if r == 1 or self.scaling == "weak":
-            return self.config
-        return self.config.model_copy(update={"microbatches": self.config.microbatches // r})
-
     def best(self, cluster: Cluster) -> tuple[LayoutResult | None, str]:
-        """The fastest fitting layout on `cluster`, or None and the r = 1 failure."""
-        layouts = replica_layouts(cluster, data_parallel=self.dp and self.config.training)
-        best: LayoutResult | None = None
-        failure = ""
-        for layout in layouts:
-            if layout.replicas_count > 1:
-                r = self.replica_count(layout.replicas_count)
-                if r < 2:
-                    continue
-                layout = layout.first(r)
-            config = self.replica_config(layout.replicas_count)
-            try:
-                p = self.plan(layout.sub, config)
-            except PipeplanError as exc:  # DoesNotFitError, or e.g. --stages > devices
-                if layout.replicas_count == 1:
-                    failure = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                continue
-            ar = 0.0
-            if layout.replicas_count > 1:
-                ar = allreduce_seconds(
-                    cluster, layout, p, stage_gradient_bytes(p, self.lg, self.mg)
-                )
-            iteration = p.predicted.iteration_ms * 1e-3 + ar
-            batch = layout.replicas_count * p.predicted.global_batch
-            tput = batch / iteration if iteration > 0 else 0.0
-            if best is None or tput > best.throughput * (1 + 1e-12):
-                best = LayoutResult(layout, p, ar, iteration, tput, batch)
-        return best, failure
+        """The planner's job plan on `cluster`, or None and why nothing fits."""
+        try:
+            return LayoutResult(self.plan(cluster)), ""
+        except PipeplanError as exc:  # DoesNotFitError, or e.g. --stages > devices
+            return None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _row(scenario: Scenario, result: LayoutResult | None, failure: str, note: str = "") -> Row:
@@ -295,11 +235,11 @@ def _row(scenario: Scenario, result: LayoutResult | None, failure: str, note: st
     return base.model_copy(
         update={
             "stages": stages,
-            "replicas": result.layout.replicas_count,
+            "replicas": result.replicas,
             "devices_used": len(used),
             "idle_devices": [d for d in cluster.device_ids() if d not in used],
             "cost_per_hour": price,
-            "layout": result.layout.description,
+            "layout": result.description,
             "schedule": p.predicted.schedule,
             "throughput_samples_per_s": result.throughput,
             "iteration_ms": result.iteration_s * 1e3,
@@ -471,4 +411,4 @@ def _min_devices(planner: _Planner, spec, like: Cluster) -> tuple[int | None, Pl
     return hi, plans[hi], why
 
 
-__all__ = ["Row", "WhatIfReport", "whatif", "allreduce_seconds", "stage_gradient_bytes"]
+__all__ = ["Row", "WhatIfReport", "whatif"]

@@ -121,6 +121,13 @@ def print_plan(plan, output: str | None = None, console: Console | None = None) 
         f"micro-batch {plan.model.microbatch_size} x {cfg.microbatches} micro-batches, {cfg.schedule}, {cfg.dtype}, "
         f"{cfg.optimizer}{', recompute' if cfg.recompute else ''}, objective {cfg.objective}"
     )
+    lay = plan.layout
+    if lay.data_parallel > 1:
+        console.print(
+            f"layout: [bold]{lay.data_parallel} replicas x {lay.pipeline_stages} stages[/]"
+            f"{', ZeRO-1' if lay.zero else ''}; global batch {lay.global_batch} ({lay.batch}); "
+            f"each replica on {lay.shape}; stages of replica 0 below"
+        )
     table = Table(header_style="bold")
     for col in (
         "stage",
@@ -234,7 +241,12 @@ def print_run(
     m = result.measured
     console.print(
         f"[bold]{result.mode}[/] {result.bundle}: {result.world_size} ranks ({result.backend}), {result.schedule}, "
-        f"{result.microbatches} x {result.microbatch_size} samples per step, {result.steps} steps"
+        + (
+            f"{result.data_parallel} replicas{' (ZeRO-1)' if result.zero else ''} x "
+            if result.data_parallel > 1
+            else ""
+        )
+        + f"{result.microbatches} x {result.microbatch_size} samples per step, {result.steps} steps"
     )
     table = Table(header_style="bold")
     for col in ("stage", "device", "rank", "fwd ms/mb", "bwd ms/mb", "comm ms", "idle ms"):

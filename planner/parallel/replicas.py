@@ -205,3 +205,22 @@ def ring_link_seconds(
     if worst is None:
         return 0.0, math.inf
     return worst.latency_us * 1e-6, worst.effective_bytes_per_s
+
+
+def slowest_ring_link(
+    cluster: Cluster, layout: ReplicaLayout, sub_device: str, nbytes: float = 25 * 2**20
+) -> LinkSpec | None:
+    """The hop of the ring of `sub_device` across the layout's replicas that takes longest
+    to move `nbytes` (None when the ring has no hop: one replica)."""
+    ring = [rep[sub_device] for rep in layout.replicas]
+    worst: LinkSpec | None = None
+    worst_t = -1.0
+    for i, dev in enumerate(ring):
+        nxt = ring[(i + 1) % len(ring)]
+        if nxt == dev:
+            continue
+        link = cluster.link_between(dev, nxt)
+        t = link.transfer_seconds(max(1, int(nbytes)))
+        if t > worst_t:
+            worst, worst_t = link, t
+    return worst

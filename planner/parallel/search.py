@@ -1,0 +1,199 @@
+"""Data x pipeline: how many replicas of which pipeline, chosen together with its split.
+
+Pipeline x data parallelism as practitioners lay it out (D. Narayanan et al., "Efficient
+Large-Scale Language Model Training on GPU Clusters Using Megatron-LM", SC 2021, section
+3): r identical replicas of one pipeline, each on its own devices, each running its own
+micro-batches, their gradients all-reduced before the optimizer step. The candidates are
+the replica layouts of `planner.parallel.replicas.replica_layouts` (whole nodes per
+replica, or slices of every node so that a stage's ring stays inside a node, and packings
+of one-node replicas), each with r = 1 .. its replica count. Every candidate's replica
+pipeline is split by the partitioner (`planner.partition`) with the all-reduce of each
+stage's gradients over its ring priced in the stage's step tail (`cost.collectives`;
+ZeRO-1's sharded state and all-gather too), so the split itself knows what the all-reduce
+costs. The layout with the highest closed-form job throughput wins:
+
+    throughput(layout) = r x micro-batch size x m / T(split),
+
+T the partitioner's closed-form iteration of the replica (`planner.partition.objective`,
+all-reduce included). Every fixed (r, p) a user could ask for is among the candidates
+and each split is the partitioner's optimum for its replica, so the layout chosen is never
+worse, by this closed form, than any fixed one (tested on random problems).
+
+Which r are tried. With the per-replica batch fixed (`--microbatches`, weak scaling), for
+a fixed ring (the same slowest hop for every stage) the throughput grows with r: going from
+r to r + 1 adds 2 alpha + 2 G / (beta r (r + 1)) to the all-reduce, less than 1/r of the
+iteration it already has. So for each layout shape only r = 1 (the whole cluster), the
+largest r of every run of equal rings (a ring gets slower when its replicas start to cross
+nodes) and the replica count itself are planned. With `--global-batch` (strong scaling)
+each r splits the batch differently, so every r that divides it is planned.
+
+Replicas are identical: a heterogeneous cluster is used either by one pipeline over all of
+its kinds, or by replicas that each hold the same mix of kinds (the layouts' slices), so
+that every replica's iteration is the same and none waits for a slower one at the
+all-reduce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cost.cluster import Cluster
+from cost.collectives import DEFAULT_BUCKET_BYTES, ReplicaRing
+from cost.errors import PipeplanError
+from planner.config import PlanConfig
+from planner.parallel.replicas import ReplicaLayout, replica_layouts, slowest_ring_link
+from planner.partition.problem import Problem
+from planner.partition.search import Split
+
+
+@dataclass(frozen=True)
+class LayoutOption:
+    """One candidate: `layout` (r replicas of `layout.sub`), the ring joining them, and the
+    settings one replica plans with (its micro-batch count)."""
+
+    layout: ReplicaLayout
+    ring: ReplicaRing | None
+    config: PlanConfig
+
+    @property
+    def replicas(self) -> int:
+        return self.layout.replicas_count
+
+
+@dataclass
+class Trial:
+    """A candidate and what planning its replica gave (`outcome`, or `error`)."""
+
+    option: LayoutOption
+    problem: Problem | None = None
+    split: Split | None = None
+    outcome: object | None = None  # what `solve` returned besides problem and split
+    error: str = ""
+    exception: PipeplanError | None = None
+
+    @property
+    def fits(self) -> bool:
+        return self.split is not None and self.split.evaluation.fits
+
+    @property
+    def iteration_s(self) -> float:
+        """Closed-form iteration of one replica (all replicas run in step), all-reduce included."""
+        return self.split.evaluation.iteration_s if self.split is not None else float("inf")
+
+    @property
+    def stages(self) -> int:
+        return self.split.assignment.num_stages if self.split is not None else 0
+
+    def samples(self, microbatch_size: int) -> int:
+        """Samples per iteration over all replicas."""
+        return self.option.replicas * microbatch_size * self.option.config.microbatches
+
+    def throughput(self, microbatch_size: int) -> float:
+        """Closed-form samples per second over all replicas (0 when it does not fit)."""
+        if not self.fits or not self.iteration_s > 0:
+            return 0.0
+        return self.samples(microbatch_size) / self.iteration_s
+
+    @property
+    def sync_s(self) -> float:
+        """The slowest stage's step-tail collectives (all-reduce, all-gather)."""
+        if self.split is None:
+            return 0.0
+        return max((st.sync_s for st in self.split.evaluation.stages), default=0.0)
+
+
+def replica_ring(cluster: Cluster, layout: ReplicaLayout, zero: int) -> ReplicaRing | None:
+    """The ring of every device of one replica across the layout's replicas (None: r = 1)."""
+    if layout.replicas_count < 2:
+        return None
+    links = {}
+    for d in layout.sub.device_ids():
+        link = slowest_ring_link(cluster, layout, d, DEFAULT_BUCKET_BYTES)
+        if link is None:
+            raise ValueError(f"replica device {d} has no ring")
+        links[d] = link
+    return ReplicaRing(layout.replicas_count, links, zero)
+
+
+def per_replica_microbatches(config: PlanConfig, replicas: int, microbatch_size: int) -> int | None:
+    """Micro-batches each of `replicas` runs: --microbatches, or the global batch split
+    (None when it does not split into whole micro-batches)."""
+    if config.global_batch is None:
+        return config.microbatches
+    per = replicas * microbatch_size
+    if config.global_batch % per:
+        return None
+    return config.global_batch // per
+
+
+def layout_options(
+    cluster: Cluster, config: PlanConfig, microbatch_size: int
+) -> list[LayoutOption]:
+    """The candidates (module docstring), r = 1 on the whole cluster first."""
+    options: list[LayoutOption] = []
+
+    def add(layout: ReplicaLayout) -> None:
+        if config.stages is not None and layout.sub.num_devices < config.stages:
+            return  # --stages is per replica: too few devices for it
+        m = per_replica_microbatches(config, layout.replicas_count, microbatch_size)
+        if m is None:
+            return
+        update: dict = {"microbatches": m}
+        if config.global_batch is not None:
+            update["auto_microbatches"] = False
+        ring = replica_ring(cluster, layout, config.zero)
+        options.append(LayoutOption(layout, ring, config.model_copy(update=update)))
+
+    layouts = replica_layouts(cluster, data_parallel=config.parallel == "auto" and config.training)
+    if config.dp in (None, 1):
+        add(layouts[0])
+    if config.dp == 1:
+        return options
+    for shape in layouts[1:]:
+        if config.dp is not None:
+            if shape.replicas_count >= config.dp:
+                add(shape.first(config.dp))
+            continue
+        previous: ReplicaRing | None = None
+        kept: set[int] = {shape.replicas_count}
+        for r in range(2, shape.replicas_count + 1):
+            if config.global_batch is not None:
+                kept.add(r)
+                continue
+            ring = replica_ring(cluster, shape.first(r), config.zero)
+            if previous is not None and dict(ring.links) != dict(previous.links):
+                kept.add(r - 1)  # the largest r of the previous ring
+            previous = ring
+        for r in sorted(kept):
+            add(shape.first(r))
+    return options
+
+
+def search_layouts(
+    options: list[LayoutOption],
+    solve: Callable[[LayoutOption], tuple[Problem, Split, object]],
+    microbatch_size: int,
+) -> list[Trial]:
+    """Plan every candidate's replica with `solve` (-> problem, split, anything else to
+    keep); the trials, best closed-form throughput first (ties: fewer replicas, then the
+    order given). A candidate whose replica cannot be planned (`PipeplanError`: does not
+    fit, too few devices for --stages, ...) is kept with its error, last."""
+    trials = []
+    for option in options:
+        trial = Trial(option)
+        try:
+            trial.problem, trial.split, trial.outcome = solve(option)
+        except PipeplanError as exc:
+            trial.exception = exc
+            trial.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        trials.append(trial)
+    order = {id(t): i for i, t in enumerate(trials)}
+    return sorted(
+        trials,
+        key=lambda t: (
+            -round(t.throughput(microbatch_size), 9),
+            t.option.replicas,
+            order[id(t)],
+        ),
+    )
