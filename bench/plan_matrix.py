@@ -149,7 +149,8 @@ def run_matrix(
 
 def _cell(model, name, spec, mg, lg, load_s, repeat, chain_dp=True) -> dict:
     cluster = cluster_from_dict(spec, source=name)
-    config = PlanConfig(dtype="bf16", microbatches=8, chain_dp=chain_dp)
+    # one pipeline: the matrix measures the split (data x pipeline: bench/bench_parallel.py)
+    config = PlanConfig(dtype="bf16", microbatches=8, chain_dp=chain_dp, parallel="pp")
     times, p, error = [], None, ""
     for _ in range(repeat):
         started = time.perf_counter()

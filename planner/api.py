@@ -76,10 +76,16 @@ def plan_graph(
     if not options:
         raise PipeplanError(_no_layout(cluster, config, mb))
 
-    def solve(option: LayoutOption):
-        return solve_pipeline(mg, lg, option.layout.sub, option.config, option.ring)
+    def build(option: LayoutOption) -> Problem:
+        with phase("problem"):
+            return build_problem(mg, lg, option.layout.sub, option.config, option.ring)
 
-    trials = search_layouts(options, solve, mb)
+    def solve(option: LayoutOption, problem: Problem):
+        return solve_pipeline(
+            mg, lg, option.layout.sub, option.config, option.ring, problem=problem
+        )
+
+    trials = search_layouts(options, build, solve, mb)
     best = trials[0]
     if not best.fits:
         # nothing fits: the reason of the first candidate (one pipeline, when tried)
@@ -97,11 +103,14 @@ def solve_pipeline(
     cluster: Cluster,
     config: PlanConfig,
     ring: ReplicaRing | None = None,
+    *,
+    problem: Problem | None = None,
 ) -> tuple[Problem, Split, tuple[TimedPipeline, list[TimedPipeline]]]:
     """One pipeline on `cluster` (one of `ring.replicas` replicas): the split and its
-    simulated schedule; `--microbatches auto` tried from 9(p - 1) down, halving."""
+    simulated schedule; `--microbatches auto` tried from 9(p - 1) down, halving.
+    `problem`: `build_problem`'s answer for these arguments, when the caller has it."""
     if not config.auto_microbatches:
-        return _solve_once(mg, lg, cluster, config, ring)
+        return _solve_once(mg, lg, cluster, config, ring, problem)
     fixed = config.model_copy(update={"auto_microbatches": False})
     _, first, _ = _solve_once(mg, lg, cluster, fixed, ring)
     p = len(set(first.assignment.devices))
@@ -116,9 +125,10 @@ def solve_pipeline(
     raise last_error if last_error else DoesNotFitError("no micro-batch count fits")
 
 
-def _solve_once(mg, lg, cluster, config, ring):
-    with phase("problem"):
-        problem = build_problem(mg, lg, cluster, config, ring)
+def _solve_once(mg, lg, cluster, config, ring, problem=None):
+    if problem is None:
+        with phase("problem"):
+            problem = build_problem(mg, lg, cluster, config, ring)
     split = find_split(problem)
     with phase("simulate"):
         timed, tried = choose_schedule(problem, split.assignment)

@@ -230,6 +230,12 @@ class LayoutTrial(BaseModel):
     throughput_samples_per_s: float = Field(0.0, description="closed form, all replicas")
     allreduce_ms: float = Field(0.0, description="slowest stage's step-tail collectives")
     chosen: bool = False
+    pruned: bool = Field(
+        False, description="not solved: its bound could not beat a layout already found"
+    )
+    bound_samples_per_s: float | None = Field(
+        None, description="throughput no split of this layout can exceed (closed form)"
+    )
     note: str = ""
 
 

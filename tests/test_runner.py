@@ -33,7 +33,9 @@ SCHEDULES = ["gpipe", "1f1b", "interleaved", "zb"]
 def make_bundle(
     tmp: Path, model: str, stages: int, schedule: str, batch: int = 4, m: int = 4
 ) -> Path:
-    cfg = PlanConfig(schedule=schedule, stages=stages, microbatches=m, strategy="greedy")
+    cfg = PlanConfig(
+        schedule=schedule, stages=stages, microbatches=m, strategy="greedy", parallel="pp"
+    )
     p = plan(
         ROOT / "samples" / "models" / f"{model}.onnx",
         ROOT / "samples/clusters/a100x4.yaml",

@@ -44,6 +44,8 @@ def layout_trials(trials: list[Trial], chosen: Trial, microbatch_size: int) -> l
             throughput_samples_per_s=t.throughput(microbatch_size),
             allreduce_ms=t.sync_s * 1e3,
             chosen=t is chosen,
+            pruned=t.pruned,
+            bound_samples_per_s=t.bound_throughput if t.bound_throughput < float("inf") else None,
             note=t.error,
         )
         for t in trials
@@ -146,6 +148,8 @@ def explain_layout(layout: Layout, tried: list[LayoutTrial]) -> list[str]:
 
 
 def _figure(t: LayoutTrial, chosen: LayoutTrial) -> str:
+    if t.pruned:
+        return f"at most {t.bound_samples_per_s:.4g} samples/s (a bound: not solved)"
     if not t.fits:
         return f"does not fit ({t.note})" if t.note else "does not fit"
     ratio = (

@@ -43,6 +43,7 @@ from cost.collectives import DEFAULT_BUCKET_BYTES, ReplicaRing
 from cost.errors import PipeplanError
 from planner.config import PlanConfig
 from planner.parallel.replicas import ReplicaLayout, replica_layouts, slowest_ring_link
+from planner.partition.bounds import lower_bound
 from planner.partition.problem import Problem
 from planner.partition.search import Split
 
@@ -71,6 +72,10 @@ class Trial:
     outcome: object | None = None  # what `solve` returned besides problem and split
     error: str = ""
     exception: PipeplanError | None = None
+    #: samples/s no split of this candidate can beat (inf: not bounded)
+    bound_throughput: float = float("inf")
+    #: not solved: its bound could not beat a layout already found
+    pruned: bool = False
 
     @property
     def fits(self) -> bool:
@@ -172,27 +177,58 @@ def layout_options(
 
 def search_layouts(
     options: list[LayoutOption],
-    solve: Callable[[LayoutOption], tuple[Problem, Split, object]],
+    build: Callable[[LayoutOption], Problem],
+    solve: Callable[[LayoutOption, Problem], tuple[Problem, Split, object]],
     microbatch_size: int,
 ) -> list[Trial]:
-    """Plan every candidate's replica with `solve` (-> problem, split, anything else to
-    keep); the trials, best closed-form throughput first (ties: fewer replicas, then the
-    order given). A candidate whose replica cannot be planned (`PipeplanError`: does not
-    fit, too few devices for --stages, ...) is kept with its error, last."""
-    trials = []
-    for option in options:
-        trial = Trial(option)
+    """Plan the candidates' replicas; the trials, best closed-form throughput first (ties:
+    fewer replicas, then the order given).
+
+    `build` prices a candidate's replica (`Problem`), `solve` splits it (-> the problem
+    split, which `--microbatches auto` may have rebuilt, the split, and anything else to
+    keep). Branch and bound over candidates: each gets the upper bound r x samples /
+    `bounds.lower_bound` (valid for every split of its replica, the all-reduce
+    included); candidates are solved in decreasing order of it, and one whose bound
+    cannot beat the best throughput found is not solved (`Trial.pruned`). With
+    `--microbatches auto` every candidate is solved (m is chosen inside `solve`). A
+    candidate that cannot be planned (`PipeplanError`: does not fit, ...) is kept with
+    its error, last."""
+    trials = [Trial(option) for option in options]
+    for trial in trials:
         try:
-            trial.problem, trial.split, trial.outcome = solve(option)
+            trial.problem = build(trial.option)
         except PipeplanError as exc:
             trial.exception = exc
             trial.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        trials.append(trial)
+            continue
+        if not trial.option.config.auto_microbatches:
+            floor = lower_bound(trial.problem, trial.problem.max_stages)
+            if floor > 0:
+                trial.bound_throughput = trial.samples(microbatch_size) / floor
+    best = 0.0
+    for trial in sorted(trials, key=lambda t: -t.bound_throughput):
+        if trial.problem is None:
+            continue
+        if trial.bound_throughput <= best * (1 + 1e-9):
+            trial.pruned = True
+            trial.error = (
+                f"not solved: at most {trial.bound_throughput:.4g} samples/s (bound), "
+                f"{best:.4g} found"
+            )
+            continue
+        try:
+            trial.problem, trial.split, trial.outcome = solve(trial.option, trial.problem)
+        except PipeplanError as exc:
+            trial.exception = exc
+            trial.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            continue
+        best = max(best, trial.throughput(microbatch_size))
     order = {id(t): i for i, t in enumerate(trials)}
     return sorted(
         trials,
         key=lambda t: (
             -round(t.throughput(microbatch_size), 9),
+            t.pruned,
             t.option.replicas,
             order[id(t)],
         ),

@@ -29,7 +29,8 @@ class SimulationReport(BaseModel):
     iteration_ms: float
     throughput_samples_per_s: float
     bubble_fraction: float
-    global_batch: int
+    global_batch: int = Field(description="samples per iteration over all replicas")
+    data_parallel: int = Field(1, description="replicas: each runs the simulated pipeline")
     per_device: list[DeviceTimeline]
     planned_iteration_ms: float = Field(description="the plan's own prediction, for comparison")
 
@@ -89,6 +90,7 @@ def simulate_plan(
         throughput_samples_per_s=samples / sim.iteration_s if sim.iteration_s > 0 else 0.0,
         bubble_fraction=sim.bubble_fraction,
         global_batch=samples,
+        data_parallel=plan.layout.data_parallel,
         per_device=device_timelines(
             sim, {d: capacity[d] for d in dict.fromkeys(s.device for s in plan.stages)}
         ),

@@ -210,11 +210,17 @@ def print_manifest(manifest, bundle: str, console: Console | None = None) -> Non
 def print_simulation(report, *, trace=None, png=None, console: Console | None = None) -> None:
     console = console or wide_console()
     console.print(
-        f"[bold]{report.schedule}[/], {report.microbatches} micro-batches"
+        (f"{report.data_parallel} replicas of: " if report.data_parallel > 1 else "")
+        + f"[bold]{report.schedule}[/], {report.microbatches} micro-batches"
         + (f", {report.virtual_stages} chunks per device" if report.virtual_stages > 1 else "")
         + f": {report.iteration_ms:.3f} ms per iteration, {report.throughput_samples_per_s:,.1f} samples/s, "
         f"bubble {report.bubble_fraction:.1%}"
     )
+    if report.data_parallel > 1:
+        console.print(
+            f"replica 0's devices below; samples/s over all {report.data_parallel} replicas "
+            f"({report.global_batch} samples per iteration)"
+        )
     table = Table(header_style="bold")
     for col in ("device", "busy ms", "idle ms", "busy", "peak memory", "usable"):
         table.add_column(col, justify="left" if col == "device" else "right")
