@@ -22,10 +22,13 @@ from cost.cluster import cluster_from_dict, load_cluster
 from cost.collectives import DEFAULT_BUCKET_BYTES
 from cost.links import PRESETS
 from cost.memory import optimizer_state_bytes_per_param
-from planner.api import plan
+from planner.api import plan, solve_pipeline
+from planner.assemble import microbatch_size
 from planner.config import PlanConfig
 from planner.graph.inspect import load_model
 from planner.graph.shapes import ShapeBindings
+from planner.parallel.search import layout_options, search_layouts
+from planner.partition.problem import build_problem
 from planner.whatif.analysis import whatif
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +107,44 @@ def test_auto_layout_is_never_worse_than_any_fixed_layout(tmp_path, seed):
             assert _closed_form(auto) >= _closed_form(fixed) * (1 - 1e-9), (dp, stages)
             checked += 1
     assert auto is None or checked >= 1
+
+
+def _big_cluster(rng: random.Random, i: int):
+    nodes = []
+    for n in range(rng.randint(2, 3)):
+        kind = rng.choice(KINDS)
+        nodes.append(
+            {"name": f"n{n}", "devices": [kind] * rng.choice([2, 4]), "link": rng.choice(LINKS)}
+        )
+    return cluster_from_dict(
+        {"name": f"big{i}", "nodes": nodes, "inter_node_link": rng.choice(["IB-HDR", "100GbE"])}
+    )
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_bounds_are_valid_and_pruning_keeps_the_best(tmp_path, seed):
+    """Every candidate solved (no pruning): each one's bound is at least its throughput,
+    and the pruned search finds the same best throughput."""
+    rng = random.Random(100 + seed)
+    model, batch = _mlp_file(tmp_path, rng, seed)
+    cluster = _big_cluster(rng, seed)
+    config = PlanConfig(microbatches=rng.choice([1, 4, 8]), zero=rng.choice([0, 1]), time_limit_s=5)
+    mg, lg = load_model(model, ShapeBindings(batch=batch))
+    mb = microbatch_size(mg)
+    options = layout_options(cluster, config, mb)
+
+    def build(o):
+        return build_problem(mg, lg, o.layout.sub, o.config, o.ring)
+
+    def solve(o, problem):
+        return solve_pipeline(mg, lg, o.layout.sub, o.config, o.ring, problem=problem)
+
+    every = search_layouts(options, build, solve, mb, prune=False)
+    pruned = search_layouts(options, build, solve, mb)
+    assert len(every) == len(options) >= 2
+    for t in every:
+        assert t.bound_throughput >= t.throughput(mb) * (1 - 1e-9), t.option.layout.description
+    assert pruned[0].throughput(mb) == pytest.approx(every[0].throughput(mb), rel=1e-9)
 
 
 def test_zero1_shards_optimizer_state_by_the_replica_count():

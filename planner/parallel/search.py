@@ -180,6 +180,8 @@ def search_layouts(
     build: Callable[[LayoutOption], Problem],
     solve: Callable[[LayoutOption, Problem], tuple[Problem, Split, object]],
     microbatch_size: int,
+    *,
+    prune: bool = True,
 ) -> list[Trial]:
     """Plan the candidates' replicas; the trials, best closed-form throughput first (ties:
     fewer replicas, then the order given).
@@ -192,7 +194,7 @@ def search_layouts(
     cannot beat the best throughput found is not solved (`Trial.pruned`). With
     `--microbatches auto` every candidate is solved (m is chosen inside `solve`). A
     candidate that cannot be planned (`PipeplanError`: does not fit, ...) is kept with
-    its error, last."""
+    its error, last. `prune=False` solves every candidate (tests compare the two)."""
     trials = [Trial(option) for option in options]
     for trial in trials:
         try:
@@ -209,7 +211,7 @@ def search_layouts(
     for trial in sorted(trials, key=lambda t: -t.bound_throughput):
         if trial.problem is None:
             continue
-        if trial.bound_throughput <= best * (1 + 1e-9):
+        if prune and trial.bound_throughput <= best * (1 + 1e-9):
             trial.pruned = True
             trial.error = (
                 f"not solved: at most {trial.bound_throughput:.4g} samples/s (bound), "
