@@ -11,10 +11,12 @@ replica) where it fits; ratios in the same run.
 `--cpu`: four local processes (gloo) on the calibrated CPU profile
 (`samples/clusters/cpu4_profile.yaml`), the gpt and resnet samples, a fixed global batch
 split three ways: 2 replicas x 2 stages, 1 x 4 (one pipeline) and 4 x 1 (pure data
-parallelism). Each layout is planned, exported and run `--runs` times (interleaved, so
+parallelism), and a one-process peer (1 x 1, the same batch on one rank) that measures how
+far the host is from its profile today with no two ranks sharing a core. Each layout is planned, exported and run `--runs` times (interleaved, so
 the machine's noise falls on every layout alike); the 2 x 2 run checks its gradients
 against one process. Reported: predicted and measured iteration time (medians), their
-ratio, and the predicted and measured ranking.
+ratio, that ratio over the peer's (what four ranks on two cores add), and the predicted
+and measured ranking of the three four-process layouts.
 
     python bench/bench_parallel.py --planner [--repeat 3]
     python bench/bench_parallel.py --cpu [--runs 3] [--steps 6]
@@ -100,7 +102,7 @@ def planner_bench(repeat: int) -> list[dict]:
             ("auto", base, repeat),
             ("auto_zero1", base.model_copy(update={"zero": 1}), 1),
             ("pipeline_only", base.model_copy(update={"parallel": "pp"}), repeat),
-            ("pure_dp", base.model_copy(update={"dp": n, "stages": 1}), 1),
+            ("pure_dp", base.model_copy(update={"data_parallel": n, "stages": 1}), 1),
         ):
             p, seconds, error = _planned(mg, lg, cluster, config, reps)
             row[label] = {"plan_s": round(seconds, 2), "error": error}
@@ -131,9 +133,13 @@ def _planner_line(row: dict) -> str:
 
 # ------------------------------------------------------------------ CPU, four processes
 
-CPU_MODELS = {"gpt": (2, 32), "resnet": (2, 16)}  # micro-batch size, global batch
-CPU_LAYOUTS = {"2x2": {"dp": 2, "stages": 2}, "1x4": {"parallel": "pp", "stages": 4},
-               "4x1": {"dp": 4, "stages": 1}}  # fmt: skip
+#: micro-batch size (the ones cpu_profile.yaml timed the operators at), global batch
+CPU_MODELS = {"gpt": (8, 64), "resnet": (16, 128)}
+CPU_LAYOUTS = {"2x2": {"data_parallel": 2, "stages": 2}, "1x4": {"parallel": "pp", "stages": 4},
+               "4x1": {"data_parallel": 4, "stages": 1},
+               "1x1": {"parallel": "pp", "stages": 1}}  # fmt: skip
+#: the one-process peer: how far this host is from its profile today, with no rank sharing
+PEER = "1x1"
 
 
 def _pipeplan(*args: str) -> subprocess.CompletedProcess:
@@ -171,6 +177,7 @@ def cpu_bench(runs: int, steps: int) -> list[dict]:
                 measured[label].append(result.measured.iteration_ms)
                 if result.check is not None:
                     checks[label] = result.check
+        host = statistics.median(measured[PEER]) / predicted[PEER]
         for label in CPU_LAYOUTS:
             med = statistics.median(measured[label])
             row = {
@@ -181,6 +188,8 @@ def cpu_bench(runs: int, steps: int) -> list[dict]:
                 "measured_ms": round(med, 1),
                 "measured_runs_ms": [round(x, 1) for x in measured[label]],
                 "measured_over_predicted": round(med / predicted[label], 2),
+                # the same ratio over the one-process peer's: what sharing cores adds
+                "over_peer_ratio": round(med / predicted[label] / host, 2),
                 "measured_samples_per_s": round(global_batch / (med / 1e3), 1),
                 "predicted_samples_per_s": round(global_batch / (predicted[label] / 1e3), 1),
             }
@@ -190,20 +199,23 @@ def cpu_bench(runs: int, steps: int) -> list[dict]:
                     f"{'passed' if c.passed else 'FAILED'} (max rel {c.max_rel_diff:.1e})"
                 )
             rows.append(row)
-        ours = [r for r in rows if r["model"] == model]
+        ours = [r for r in rows if r["model"] == model and r["layout"] != PEER]
         pred_rank = [r["layout"] for r in sorted(ours, key=lambda r: r["predicted_ms"])]
         meas_rank = [r["layout"] for r in sorted(ours, key=lambda r: r["measured_ms"])]
         for r in ours:
             r["predicted_ranking"] = " < ".join(pred_rank)
             r["measured_ranking"] = " < ".join(meas_rank)
             print(_cpu_line(r), flush=True)
+        peer = next(r for r in rows if r["model"] == model and r["layout"] == PEER)
+        peer["predicted_ranking"] = peer["measured_ranking"] = "(one process: the peer)"
+        print(_cpu_line(peer), flush=True)
     return rows
 
 
 def _cpu_line(r: dict) -> str:
     return (
         f"| {r['model']} | {r['layout']} | {r['predicted_ms']} | {r['measured_ms']} | "
-        f"{r['measured_over_predicted']} | {r['measured_samples_per_s']} | "
+        f"{r['measured_over_predicted']} | {r['over_peer_ratio']} | {r['measured_samples_per_s']} | "
         f"{r.get('check', '')} | {r['predicted_ranking']} | {r['measured_ranking']} |"
     )
 

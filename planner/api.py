@@ -136,9 +136,9 @@ def _solve_once(mg, lg, cluster, config, ring, problem=None):
 
 
 def _no_layout(cluster: Cluster, config: PlanConfig, mb: int) -> str:
-    if config.dp is not None:
+    if config.data_parallel is not None:
         return (
-            f"no layout of {config.dp} identical replicas fits this cluster's nodes "
+            f"no layout of {config.data_parallel} identical replicas fits this cluster's nodes "
             f"({cluster.summary()})"
         )
     return (
@@ -151,14 +151,14 @@ def _check_settings(lg: LayerGraph, cluster: Cluster, config: PlanConfig, mb: in
     n = len(lg.layers)
     if cluster.num_devices < 1:
         raise PipeplanError("the cluster has no devices")
-    if config.dp is not None:
+    if config.data_parallel is not None:
         if config.parallel == "pp":
             raise PipeplanError("--dp needs --parallel auto (--parallel pp plans one pipeline)")
-        if cluster.num_devices % config.dp:
+        if cluster.num_devices % config.data_parallel:
             raise PipeplanError(
-                f"--dp {config.dp} does not divide the cluster's {cluster.num_devices} devices"
+                f"--dp {config.data_parallel} does not divide the cluster's {cluster.num_devices} devices"
             )
-        if config.dp > 1 and not config.training:
+        if config.data_parallel > 1 and not config.training:
             raise PipeplanError("--dp above 1 needs training (--objective throughput)")
     if config.zero and config.parallel == "pp":
         raise PipeplanError("--zero 1 shards over data-parallel replicas: use --parallel auto")

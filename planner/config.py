@@ -36,6 +36,7 @@ CLI_FLAGS: dict[str, tuple[str, ...]] = {
     "time_limit_s": ("--time-limit",),
     "memory_headroom": ("--headroom",),
     "chain_dp": ("--chain-dp/--no-chain-dp",),
+    "data_parallel": ("--dp",),
 }
 
 
@@ -96,7 +97,7 @@ class PlanConfig(BaseModel):
         description="auto: choose data-parallel replicas and the pipeline split together; "
         "pp: one pipeline over the cluster.",
     )
-    dp: int | None = Field(
+    data_parallel: int | None = Field(
         None,
         description="Fix the data-parallel degree (replicas; must divide the devices). "
         "Default: the planner picks.",
@@ -161,9 +162,9 @@ class PlanConfig(BaseModel):
             raise ValueError(f"stages must be at least 1 (got {v})")
         return v
 
-    @field_validator("dp")
+    @field_validator("data_parallel")
     @classmethod
-    def _dp(cls, v: int | None) -> int | None:
+    def _data_parallel(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
             raise ValueError(f"the data-parallel degree must be at least 1 (got {v})")
         return v

@@ -97,7 +97,7 @@ def test_auto_layout_is_never_worse_than_any_fixed_layout(tmp_path, seed):
     checked = 0
     for dp in [d for d in range(1, n + 1) if n % d == 0]:
         for stages in range(1, n // dp + 1):
-            cfg = base.model_copy(update={"dp": dp, "stages": stages})
+            cfg = base.model_copy(update={"data_parallel": dp, "stages": stages})
             try:
                 fixed = plan(model, cluster, cfg, bindings)
             except Exception:
@@ -153,8 +153,8 @@ def test_zero1_shards_optimizer_state_by_the_replica_count():
         {"name": "a4", "nodes": [{"name": "n0", "devices": "4x A100-80GB", "link": "NVLink3"}]}
     )
     bindings = ShapeBindings(batch=8)
-    full = plan(GPT, cluster, PlanConfig(dp=4), bindings)
-    sharded = plan(GPT, cluster, PlanConfig(dp=4, zero=1), bindings)
+    full = plan(GPT, cluster, PlanConfig(data_parallel=4), bindings)
+    sharded = plan(GPT, cluster, PlanConfig(data_parallel=4, zero=1), bindings)
     assert full.layout.zero == 0 and sharded.layout.zero == 1
     mg, _ = load_model(GPT, bindings)
     trainable = sum(p.numel for p in mg.params.values() if p.trainable)
@@ -171,7 +171,7 @@ def test_allreduce_is_the_ring_formula_over_the_ring_link():
     nodes: each stage's ring stays inside its node (NVLink4), and its sync time is
     2(r-1)/r G / beta + 2(r-1) alpha G / bucket (`cost.collectives`)."""
     bindings = ShapeBindings(batch=8)
-    p = plan(GPT, load_cluster(H100X16), PlanConfig(dp=8, stages=2), bindings)
+    p = plan(GPT, load_cluster(H100X16), PlanConfig(data_parallel=8, stages=2), bindings)
     assert p.layout.data_parallel == 8 and len(p.replicas) == 8
     mg, lg = load_model(GPT, bindings)
     nv = PRESETS["NVLink4"]

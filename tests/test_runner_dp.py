@@ -40,7 +40,7 @@ def make_bundle(tmp: Path, model: str, dp: int, stages: int, **config) -> Path:
             {"name": "cpu2", "nodes": [{"name": "n0", "devices": "2x CPU", "link": "loopback"}]}
         )
     )
-    cfg = PlanConfig(dp=dp, stages=stages, microbatches=4, **config)
+    cfg = PlanConfig(data_parallel=dp, stages=stages, microbatches=4, **config)
     source = ROOT / "samples" / "models" / f"{model}.onnx"
     p = plan(source, cluster, cfg, ShapeBindings(batch=BATCH[model]))
     assert p.layout.data_parallel == dp and len(p.stages) == stages

@@ -151,14 +151,14 @@ def layout_options(
         options.append(LayoutOption(layout, ring, config.model_copy(update=update)))
 
     layouts = replica_layouts(cluster, data_parallel=config.parallel == "auto" and config.training)
-    if config.dp in (None, 1):
+    if config.data_parallel in (None, 1):
         add(layouts[0])
-    if config.dp == 1:
+    if config.data_parallel == 1:
         return options
     for shape in layouts[1:]:
-        if config.dp is not None:
-            if shape.replicas_count >= config.dp:
-                add(shape.first(config.dp))
+        if config.data_parallel is not None:
+            if shape.replicas_count >= config.data_parallel:
+                add(shape.first(config.data_parallel))
             continue
         previous: ReplicaRing | None = None
         kept: set[int] = {shape.replicas_count}
