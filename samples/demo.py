@@ -4,6 +4,7 @@
     python -m samples.demo  # inside the venv
 
 Steps: inspect the model; plan it on a heterogeneous GPU cluster and simulate that plan;
+plan it on 16 H100s, where replicas of a short pipeline beat one long pipeline;
 plan it for two local CPU processes, export the stage models, run them with torchrun
 (training, gradients checked against one process) and compare measured with predicted;
 ask what more GPUs would buy. Outputs go to `out/demo/`.
@@ -54,7 +55,18 @@ def main() -> None:
         str(rel / "trace_hetero.json"),
     )
     step(
-        "5. plan for two local CPU processes (what the runner executes)",
+        "5. plan it on 16 H100s: data-parallel replicas x pipeline stages, chosen together",
+        "plan",
+        MODEL,
+        "--cluster",
+        "samples/clusters/h100x16.yaml",
+        "--batch",
+        "8",
+        "-o",
+        str(rel / "plan_h100x16.json"),
+    )
+    step(
+        "6. plan for two local CPU processes (what the runner executes)",
         "plan",
         MODEL,
         "--cluster",
@@ -68,7 +80,7 @@ def main() -> None:
     )
     bundle = rel / "bundle"
     step(
-        "6. export one ONNX per stage plus a manifest",
+        "7. export one ONNX per stage plus a manifest",
         "export",
         MODEL,
         str(rel / "plan_cpu2.json"),
@@ -77,7 +89,7 @@ def main() -> None:
         "--force",
     )
     step(
-        "7. run it on two processes (torchrun, gloo): train, check gradients, measure",
+        "8. run it on two processes (torchrun, gloo): train, check gradients, measure",
         "run",
         str(bundle),
         "--steps",
@@ -89,7 +101,7 @@ def main() -> None:
         str(rel / "run_trace.json"),
     )
     step(
-        "8. what if: two or four more A100s, or H100s instead of the V100s",
+        "9. what if: two or four more A100s, or H100s instead of the V100s",
         "whatif",
         MODEL,
         "--cluster",
