@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -140,16 +139,6 @@ CPU_LAYOUTS = {"2x2": {"data_parallel": 2, "stages": 2}, "1x4": {"parallel": "pp
                "1x1": {"parallel": "pp", "stages": 1}}  # fmt: skip
 #: the one-process peer: how far this host is from its profile today, with no rank sharing
 PEER = "1x1"
-
-
-def _pipeplan(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "runners.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
 
 
 def cpu_bench(runs: int, steps: int) -> list[dict]:

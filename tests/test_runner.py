@@ -6,9 +6,7 @@ Slow (every run starts several Python processes): marked `slow`, run in CI.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ from planner.graph.shapes import ShapeBindings
 from planner.plan_file import load_plan
 from planner.simulate.replay import replay
 from runners.launch import RunFailed, load_bundle, run
+from tests.killing import kill_one_rank_and_check
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -143,37 +142,7 @@ def test_a_failing_rank_is_named(tmp_path):
 
 def test_a_killed_rank_stops_every_rank_within_60_s(tmp_path):
     bundle = make_bundle(tmp_path, "gpt", 3, "1f1b")
-    cmd = [sys.executable, "-m", "runners.cli", "run", str(bundle), "--steps", "100000"]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
-    )
-    try:
-        workers: list[int] = []
-        deadline = time.monotonic() + 60
-        while len(workers) < 3 and time.monotonic() < deadline:
-            out = subprocess.run(
-                ["pgrep", "-f", f"runners.worker {bundle}"], capture_output=True, text=True
-            ).stdout
-            workers = [int(x) for x in out.split()]
-            time.sleep(0.5)
-        assert len(workers) >= 3, "workers did not start"
-        time.sleep(3)
-        os.kill(max(workers), signal.SIGKILL)
-        killed_at = time.monotonic()
-        _, err = proc.communicate(timeout=60)
-        assert time.monotonic() - killed_at < 60
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert (
-        len(lines) == 1 and lines[0].startswith("error: rank") and "killed by signal 9" in lines[0]
-    ), err
-    left = subprocess.run(
-        ["pgrep", "-f", f"runners.worker {bundle}"], capture_output=True, text=True
-    ).stdout
-    assert not left.strip(), "orphaned worker processes"
+    kill_one_rank_and_check(bundle, 3)
 
 
 def test_bundle_checks(tmp_path):

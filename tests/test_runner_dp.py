@@ -7,11 +7,6 @@ run in CI. Models are the small samples; the point is the arithmetic of the repl
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +18,7 @@ from planner.api import plan
 from planner.config import PlanConfig
 from planner.graph.shapes import ShapeBindings
 from runners.launch import run
+from tests.killing import kill_one_rank_and_check
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -88,32 +84,4 @@ def test_replicas_infer_their_share_of_the_batch(tmp_path):
 
 def test_a_killed_rank_stops_every_replica(tmp_path):
     bundle = make_bundle(tmp_path, "mlp", 2, 2)
-    cmd = [sys.executable, "-m", "runners.cli", "run", str(bundle), "--steps", "100000"]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
-    )
-    try:
-        workers: list[int] = []
-        deadline = time.monotonic() + 90
-        while len(workers) < 4 and time.monotonic() < deadline:
-            out = subprocess.run(
-                ["pgrep", "-f", f"runners.worker {bundle}"], capture_output=True, text=True
-            ).stdout
-            workers = [int(x) for x in out.split()]
-            time.sleep(0.5)
-        assert len(workers) >= 4, "workers did not start"
-        time.sleep(3)
-        os.kill(max(workers), signal.SIGKILL)
-        killed_at = time.monotonic()
-        _, err = proc.communicate(timeout=90)
-        assert time.monotonic() - killed_at < 60
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "killed by signal 9" in lines[0], err
-    left = subprocess.run(
-        ["pgrep", "-f", f"runners.worker {bundle}"], capture_output=True, text=True
-    ).stdout
-    assert not left.strip(), "orphaned worker processes"
+    kill_one_rank_and_check(bundle, 4, start_s=90)

@@ -13,13 +13,13 @@ devices: ten one-device replicas). For each replica shape the most replicas are 
 fewer are the first r of them. Clusters with per-pair link `overrides` are planned as a
 single replica (r = 1) only.
 
-`ring_link_seconds` prices the slowest hop of each stage's gradient all-reduce ring
-across replicas (Patarasuk & Yuan, J. Parallel Distrib. Comput. 69(2), 2009).
+`slowest_ring_link` finds the slowest hop of each stage's gradient all-reduce ring across
+replicas, which `cost.collectives` prices (Patarasuk & Yuan, J. Parallel Distrib. Comput.
+69(2), 2009).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from cost.cluster import Cluster, NodeSpec
@@ -184,27 +184,6 @@ def _layout(
     inter = cluster.inter_node_link if len(sub_nodes) > 1 else None
     sub = Cluster.model_validate({"name": "replica", "nodes": sub_nodes, "inter_node_link": inter})
     return ReplicaLayout(a * b, sub, replicas, whole_nodes=a, slices=b)
-
-
-def ring_link_seconds(
-    cluster: Cluster, layout: ReplicaLayout, sub_device: str, nbytes: float
-) -> tuple[float, float]:
-    """(alpha, beta) of the slowest hop of the all-reduce ring of `sub_device` across
-    replicas: the hop whose link takes longest to move `nbytes`."""
-    ring = [rep[sub_device] for rep in layout.replicas]
-    worst: LinkSpec | None = None
-    worst_t = -1.0
-    for i, dev in enumerate(ring):
-        nxt = ring[(i + 1) % len(ring)]
-        if nxt == dev:
-            continue
-        link = cluster.link_between(dev, nxt)
-        t = link.transfer_seconds(max(1, int(nbytes)))
-        if t > worst_t:
-            worst, worst_t = link, t
-    if worst is None:
-        return 0.0, math.inf
-    return worst.latency_us * 1e-6, worst.effective_bytes_per_s
 
 
 def slowest_ring_link(
