@@ -124,7 +124,8 @@ def print_plan(plan, output: str | None = None, console: Console | None = None) 
     lay = plan.layout
     if lay.data_parallel > 1:
         console.print(
-            f"layout: [bold]{lay.data_parallel} replicas x {lay.pipeline_stages} stages[/]"
+            f"layout: [bold]{lay.data_parallel} replicas x {lay.pipeline_stages} "
+            f"stage{'s' if lay.pipeline_stages != 1 else ''}[/]"
             f"{', ZeRO-1' if lay.zero else ''}; global batch {lay.global_batch} ({lay.batch}); "
             f"each replica on {lay.shape}; stages of replica 0 below"
         )
