@@ -6,12 +6,14 @@ import os
 
 from pydantic import BaseModel, Field
 
+from cost.errors import PipeplanError
 from cost.tensor import dtype_name
 from cost.timings import phase
 from planner.config import DEFAULT_MAX_LAYER_SHARE
 from planner.graph.layers import LayerGraph, group_layers, load_layer_overrides
 from planner.graph.load import ModelGraph, load_graph
 from planner.graph.shapes import ShapeBindings
+from planner.graph.sharding import find_blocks
 
 
 class TensorSummary(BaseModel):
@@ -34,6 +36,27 @@ class LayerSummary(BaseModel):
     activation_bytes: int = Field(description="bytes saved for backward per micro-batch")
     output_bytes: int = Field(description="bytes leaving the layer per micro-batch")
     node_names: list[str]
+
+
+class ShardingRow(BaseModel):
+    """One tensor-parallel block candidate (`planner.graph.sharding`) at degree t."""
+
+    kind: str = Field(description="attention (heads split) or mlp")
+    layers: list[str] = Field(description="the layers its nodes belong to")
+    columns: list[str] = Field(description="column-parallel linears (output split)")
+    rows: list[str] = Field(description="row-parallel linears (input split, all-reduced)")
+    heads: list[int] = Field(default_factory=list, description="head counts it splits")
+    sizes: list[int] = Field(description="every sharded axis' size (t must divide each)")
+    splits: bool = Field(description="whether it splits t ways")
+    reason: str = Field("", description="why not, when it does not")
+    params: int = Field(0, description="parameters of its linears (what sharding divides)")
+
+
+class TensorParallelReport(BaseModel):
+    degree: int
+    blocks: list[ShardingRow]
+    sharded_params: int = Field(description="parameters in the blocks that split t ways")
+    replicated_params: int = Field(description="every other trainable parameter")
 
 
 class InspectReport(BaseModel):
@@ -84,6 +107,9 @@ class InspectReport(BaseModel):
     layer_source: str
     layers: list[LayerSummary]
     warnings: list[str]
+    tensor_parallel: TensorParallelReport | None = Field(
+        None, description="with --tp N: which blocks split N ways and why the others do not"
+    )
 
 
 def load_model(
@@ -124,8 +150,10 @@ def inspect_model(
     layer_depth: int | None = None,
     max_layer_share: float = DEFAULT_MAX_LAYER_SHARE,
     keep_merged_weights: bool = False,
+    tensor_parallel: int | None = None,
 ) -> InspectReport:
-    """Load `model`, price every operator, group layers, and summarise."""
+    """Load `model`, price every operator, group layers, and summarise; with
+    `tensor_parallel` t, also which blocks split t ways (`planner.graph.sharding`)."""
     mg, lg = load_model(
         model,
         bindings,
@@ -134,7 +162,45 @@ def inspect_model(
         max_layer_share=max_layer_share,
         keep_merged_weights=keep_merged_weights,
     )
-    return report_of(mg, lg)
+    report = report_of(mg, lg)
+    if tensor_parallel is not None:
+        if tensor_parallel < 1:
+            raise PipeplanError(f"--tp must be at least 1 (got {tensor_parallel})")
+        report.tensor_parallel = tensor_parallel_report(mg, lg, tensor_parallel)
+    return report
+
+
+def tensor_parallel_report(mg: ModelGraph, lg: LayerGraph, t: int) -> TensorParallelReport:
+    """Every block candidate at degree t, and how many parameters would be split."""
+    layer_of = {n: layer.name for layer in lg.layers for n in layer.nodes}
+    rows, sharded = [], 0
+    for block in find_blocks(mg):
+        # split: every linear's weight, a column Gemm's bias, the biases inside the block
+        read = [w for n in block.rows for w in mg.graph.nodes[n]["inputs"][1:2]]
+        read += [
+            w for n in block.nodes if n not in block.rows for w in mg.graph.nodes[n]["inputs"][1:]
+        ]
+        params = {q for w in read for q in mg.weights.sources.get(w, ())}
+        count = sum(mg.params[q].numel for q in params if q in mg.params and mg.params[q].trainable)
+        reason = block.why_not(t)
+        if not reason:
+            sharded += count
+        rows.append(
+            ShardingRow(
+                kind=block.kind,
+                layers=list(dict.fromkeys(layer_of[n] for n in block.nodes if n in layer_of)),
+                columns=block.columns,
+                rows=block.rows,
+                heads=sorted(set(block.heads)),
+                sizes=sorted(block.sizes),
+                splits=not reason,
+                reason=reason,
+                params=count,
+            )
+        )
+    return TensorParallelReport(
+        degree=t, blocks=rows, sharded_params=sharded, replicated_params=mg.param_count - sharded
+    )
 
 
 def report_of(mg: ModelGraph, lg: LayerGraph) -> InspectReport:

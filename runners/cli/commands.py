@@ -53,6 +53,14 @@ def inspect(
     show_nodes: Annotated[
         bool, typer.Option("--nodes", help="List each layer's ONNX nodes.")
     ] = False,
+    tp: Annotated[
+        int | None,
+        typer.Option(
+            "--tp",
+            help="Show which blocks (attention heads, MLPs) split across N tensor-parallel "
+            "devices, and why the others do not.",
+        ),
+    ] = None,
 ) -> None:
     """Load a model, price every operator, and show its layers."""
     from planner.graph.inspect import inspect_model
@@ -64,6 +72,7 @@ def inspect(
         layer_depth=layer_depth,
         max_layer_share=max_layer_share,
         keep_merged_weights=keep_merged_weights,
+        tensor_parallel=tp,
     )
     warn(report.warnings)
     if json_out:

@@ -54,6 +54,32 @@ def print_inspect(report, *, show_nodes: bool = False, console: Console | None =
         f"{report.params:,} parameters ({nbytes(report.param_bytes)}), buffers {nbytes(report.buffer_bytes)}; "
         f"weights {'present' if report.has_weights else 'absent (graph only)'}"
     )
+    if report.tensor_parallel is not None:
+        print_sharding(report.tensor_parallel, console)
+
+
+def print_sharding(tp, console: Console) -> None:
+    """`inspect --tp N`: each block candidate, whether it splits N ways, and why not."""
+    table = Table(header_style="bold", title=f"tensor parallel, {tp.degree} ways")
+    for col in ("kind", "layers", "columns -> rows", "heads", "params", f"splits {tp.degree} ways"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    for b in tp.blocks:
+        layers = b.layers[0] if len(b.layers) == 1 else f"{b.layers[0]} .. {b.layers[-1]}"
+        table.add_row(
+            b.kind,
+            layers if b.layers else "-",
+            f"{len(b.columns)} -> {len(b.rows)}",
+            ",".join(map(str, b.heads)) or "-",
+            si(b.params),
+            "yes" if b.splits else f"no: {b.reason}",
+        )
+    console.print(table)
+    total = tp.sharded_params + tp.replicated_params
+    share = tp.sharded_params / total if total else 0.0
+    console.print(
+        f"{si(tp.sharded_params)} of {si(total)} parameters ({share:.0%}) in blocks that split "
+        f"{tp.degree} ways; the rest replicated"
+    )
 
 
 def print_cluster(cluster, console: Console | None = None) -> None:
