@@ -38,13 +38,9 @@ def ring_allreduce_seconds(
     nbytes: float, replicas: int, link: LinkSpec, bucket_bytes: int = DEFAULT_BUCKET_BYTES
 ) -> float:
     """Seconds to all-reduce `nbytes` over a ring of `replicas` devices whose slowest hop
-    is `link`, in buckets of `bucket_bytes` (counted fractionally: additive in `nbytes`)."""
-    r = replicas
-    if r < 2 or nbytes <= 0:
-        return 0.0
-    alpha = link.latency_us * 1e-6
-    beta = link.effective_bytes_per_s
-    return 2 * (r - 1) * alpha * nbytes / bucket_bytes + 2 * (r - 1) / r * nbytes / beta
+    is `link`, in buckets of `bucket_bytes` (counted fractionally: additive in `nbytes`):
+    a reduce-scatter and an all-gather, each as long as `ring_allgather_seconds`."""
+    return 2 * ring_allgather_seconds(nbytes, replicas, link, bucket_bytes)
 
 
 def ring_allgather_seconds(
@@ -76,12 +72,3 @@ class ReplicaRing:
     def zero_shards(self) -> int:
         """Replicas the optimizer state is divided over (1 without ZeRO)."""
         return self.replicas if self.zero >= 1 else 1
-
-    def key_data(self) -> dict:
-        """A JSON-able description (what-if's plan cache keys on it)."""
-        return {
-            "replicas": self.replicas,
-            "zero": self.zero,
-            "bucket_bytes": self.bucket_bytes,
-            "links": {d: link.model_dump(mode="json") for d, link in sorted(self.links.items())},
-        }

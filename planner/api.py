@@ -125,7 +125,14 @@ def solve_pipeline(
     raise last_error if last_error else DoesNotFitError("no micro-batch count fits")
 
 
-def _solve_once(mg, lg, cluster, config, ring, problem=None):
+def _solve_once(
+    mg: ModelGraph,
+    lg: LayerGraph,
+    cluster: Cluster,
+    config: PlanConfig,
+    ring: ReplicaRing | None,
+    problem: Problem | None = None,
+) -> tuple[Problem, Split, tuple[TimedPipeline, list[TimedPipeline]]]:
     if problem is None:
         with phase("problem"):
             problem = build_problem(mg, lg, cluster, config, ring)

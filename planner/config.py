@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 Schedule = Literal["1f1b", "gpipe", "interleaved", "zb", "auto"]
 Strategy = Literal["ilp", "uniform", "params", "greedy", "pipedream"]
@@ -27,6 +27,16 @@ DEFAULT_MAX_LAYER_SHARE = 1 / 16
 
 #: Old strategy names still accepted (with a DeprecationWarning) -> their new names.
 DEPRECATED_STRATEGIES = {"dp": "pipedream"}
+
+#: Counts that must be at least 1 (None allowed where the field is optional) -> their name
+#: in the error.
+AT_LEAST_ONE = {
+    "microbatches": "microbatches",
+    "virtual_stages": "virtual stages",
+    "stages": "stages",
+    "data_parallel": "the data-parallel degree",
+    "global_batch": "the global batch",
+}
 
 #: Command-line flags of the fields whose flag is not `--<field-name>`; an empty tuple:
 #: no option of its own (`auto_microbatches` is `--microbatches auto`).
@@ -114,18 +124,11 @@ class PlanConfig(BaseModel):
         "micro-batches per replica. Default: --microbatches per replica.",
     )
 
-    @field_validator("microbatches")
+    @field_validator(*AT_LEAST_ONE)
     @classmethod
-    def _positive_microbatches(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"microbatches must be at least 1 (got {v})")
-        return v
-
-    @field_validator("virtual_stages")
-    @classmethod
-    def _virtual(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"virtual stages must be at least 1 (got {v})")
+    def _at_least_one(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"{AT_LEAST_ONE[info.field_name]} must be at least 1 (got {v})")
         return v
 
     @field_validator("strategy", mode="before")
@@ -155,32 +158,11 @@ class PlanConfig(BaseModel):
             raise ValueError(f"memory headroom must be in [0, 1) (got {v})")
         return v
 
-    @field_validator("stages")
-    @classmethod
-    def _stages(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError(f"stages must be at least 1 (got {v})")
-        return v
-
-    @field_validator("data_parallel")
-    @classmethod
-    def _data_parallel(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError(f"the data-parallel degree must be at least 1 (got {v})")
-        return v
-
     @field_validator("zero")
     @classmethod
     def _zero(cls, v: int) -> int:
         if v not in (0, 1):
             raise ValueError(f"zero must be 0 or 1 (got {v})")
-        return v
-
-    @field_validator("global_batch")
-    @classmethod
-    def _global_batch(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError(f"the global batch must be at least 1 (got {v})")
         return v
 
     @property

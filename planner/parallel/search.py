@@ -81,6 +81,11 @@ class Trial:
     def fits(self) -> bool:
         return self.split is not None and self.split.evaluation.fits
 
+    def failed(self, exc: PipeplanError) -> None:
+        """Keep why this candidate could not be planned (its first line)."""
+        self.exception = exc
+        self.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
     @property
     def iteration_s(self) -> float:
         """Closed-form iteration of one replica (all replicas run in step), all-reduce included."""
@@ -138,7 +143,7 @@ def layout_options(
     """The candidates (module docstring), r = 1 on the whole cluster first."""
     options: list[LayoutOption] = []
 
-    def add(layout: ReplicaLayout) -> None:
+    def add(layout: ReplicaLayout, ring: ReplicaRing | None = None) -> None:
         if config.stages is not None and layout.sub.num_devices < config.stages:
             return  # --stages is per replica: too few devices for it
         m = per_replica_microbatches(config, layout.replicas_count, microbatch_size)
@@ -147,7 +152,8 @@ def layout_options(
         update: dict = {"microbatches": m}
         if config.global_batch is not None:
             update["auto_microbatches"] = False
-        ring = replica_ring(cluster, layout, config.zero)
+        if ring is None:
+            ring = replica_ring(cluster, layout, config.zero)
         options.append(LayoutOption(layout, ring, config.model_copy(update=update)))
 
     layouts = replica_layouts(cluster, data_parallel=config.parallel == "auto" and config.training)
@@ -160,18 +166,20 @@ def layout_options(
             if shape.replicas_count >= config.data_parallel:
                 add(shape.first(config.data_parallel))
             continue
+        if config.global_batch is not None:
+            for r in range(2, shape.replicas_count + 1):
+                add(shape.first(r))
+            continue
         previous: ReplicaRing | None = None
-        kept: set[int] = {shape.replicas_count}
+        kept: dict[int, ReplicaRing] = {}
         for r in range(2, shape.replicas_count + 1):
-            if config.global_batch is not None:
-                kept.add(r)
-                continue
             ring = replica_ring(cluster, shape.first(r), config.zero)
             if previous is not None and dict(ring.links) != dict(previous.links):
-                kept.add(r - 1)  # the largest r of the previous ring
+                kept[r - 1] = previous  # the largest r of the previous ring
             previous = ring
+        kept[shape.replicas_count] = previous
         for r in sorted(kept):
-            add(shape.first(r))
+            add(shape.first(r), kept[r])
     return options
 
 
@@ -200,8 +208,7 @@ def search_layouts(
         try:
             trial.problem = build(trial.option)
         except PipeplanError as exc:
-            trial.exception = exc
-            trial.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            trial.failed(exc)
             continue
         if not trial.option.config.auto_microbatches:
             floor = lower_bound(trial.problem, trial.problem.max_stages)
@@ -221,8 +228,7 @@ def search_layouts(
         try:
             trial.problem, trial.split, trial.outcome = solve(trial.option, trial.problem)
         except PipeplanError as exc:
-            trial.exception = exc
-            trial.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            trial.failed(exc)
             continue
         best = max(best, trial.throughput(microbatch_size))
     order = {id(t): i for i, t in enumerate(trials)}

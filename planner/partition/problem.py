@@ -101,10 +101,6 @@ class Problem:
     ring: ReplicaRing | None = None
 
     @property
-    def replicas(self) -> int:
-        return self.ring.replicas if self.ring is not None else 1
-
-    @property
     def training(self) -> bool:
         return self.config.training
 
@@ -187,7 +183,7 @@ def _step_tails(
         return (), ()
     r = ring.replicas if ring is not None else 1
     shards = ring.zero_shards if ring is not None else 1
-    nbytes = numel * (4 if config.dtype == "fp32" else 2)  # gradients (and weights) at dtype
+    nbytes = numel * 4 * dtype_bytes_scale(config.dtype)  # gradients (and weights) at dtype
     tails, syncs = [], []
     for g, link in zip(groups, ring_links, strict=True):
         step = optimizer_step_seconds(g.spec, numel, tensors, config.optimizer) / shards
