@@ -177,6 +177,11 @@ def _check_settings(lg: LayerGraph, cluster: Cluster, config: PlanConfig, mb: in
                 f"--global-batch {config.global_batch} is not a multiple of the micro-batch "
                 f"size {mb}"
             )
+        if config.data_parallel and config.global_batch % (config.data_parallel * mb):
+            raise PipeplanError(
+                f"--global-batch {config.global_batch} does not split over --dp "
+                f"{config.data_parallel} replicas of micro-batch {mb}"
+            )
     if config.recompute and config.schedule == "zb" and config.training:
         raise PipeplanError(
             "--recompute with --schedule zb is not supported: the runner recomputes a "

@@ -241,6 +241,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (["--zero", "1", "--parallel", "pp"], "--zero 1 shards over data-parallel replicas"),
         (["--global-batch", "12"], "not a multiple of the micro-batch size 8"),
         (["--global-batch", "64", "--microbatches", "auto"], "not both"),
+        (["--global-batch", "8", "--dp", "2"], "does not split over --dp 2 replicas"),
         (["--parallel", "dp"], "parallel"),
     ],
 )
