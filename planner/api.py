@@ -11,6 +11,7 @@ every data-parallel layout (r replicas of a pipeline) and keeps the fastest.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from cost.cluster import Cluster, load_cluster
 from cost.collectives import ReplicaRing
@@ -22,8 +23,10 @@ from planner.graph.inspect import load_model
 from planner.graph.layers import LayerGraph
 from planner.graph.load import ModelGraph
 from planner.graph.shapes import ShapeBindings
+from planner.graph.shard_price import TensorParallelGraph
 from planner.parallel.job import job_plan
 from planner.parallel.search import LayoutOption, layout_options, search_layouts
+from planner.parallel.tensor import tensor_job_plan, tensor_layouts
 from planner.partition.problem import Problem, build_problem
 from planner.partition.search import Split, find_split
 from planner.plan_file import Plan
@@ -72,18 +75,34 @@ def plan_graph(
     pipeline over the cluster."""
     mb = microbatch_size(mg)
     _check_settings(lg, cluster, config, mb)
-    options = layout_options(cluster, config, mb)
+    with phase("tensor"):
+        tensors, skipped = tensor_layouts(mg, lg, cluster, config)
+    options = [
+        replace(option, tensor=tensor)
+        for tensor in tensors
+        for option in layout_options(tensor.cluster if tensor else cluster, config, mb)
+    ]
     if not options:
         raise PipeplanError(_no_layout(cluster, config, mb))
 
+    def layers_of(option: LayoutOption) -> LayerGraph:
+        return option.tensor.layers if option.tensor is not None else lg
+
+    def graph_of(option: LayoutOption):
+        return option.tensor.graph if option.tensor is not None else None
+
     def build(option: LayoutOption) -> Problem:
         with phase("problem"):
-            return build_problem(mg, lg, option.layout.sub, option.config, option.ring)
+            return build_problem(
+                mg, layers_of(option), option.layout.sub, option.config, option.ring,
+                graph_of(option),
+            )  # fmt: skip
 
     def solve(option: LayoutOption, problem: Problem):
         return solve_pipeline(
-            mg, lg, option.layout.sub, option.config, option.ring, problem=problem
-        )
+            mg, layers_of(option), option.layout.sub, option.config, option.ring,
+            problem=problem, tensor=graph_of(option),
+        )  # fmt: skip
 
     trials = search_layouts(options, build, solve, mb)
     best = trials[0]
@@ -92,9 +111,17 @@ def plan_graph(
         first = next(t for t in trials if t.option is options[0])
         raise first.exception or best.exception or DoesNotFitError("no layout fits memory")
     problem, split, (timed, tried) = best.problem, best.split, best.outcome
+    tensor = best.option.tensor
     with phase("assemble"):
-        replica = assemble_plan(mg, lg, problem, split, timed, tried, bindings)
-        return job_plan(replica, cluster, best, trials, mb)
+        replica = assemble_plan(mg, layers_of(best.option), problem, split, timed, tried, bindings)
+        job = job_plan(replica, tensor.cluster if tensor else cluster, best, trials, mb)
+        if tensor is not None:
+            job = tensor_job_plan(job, cluster, tensor)
+        if skipped and len(config.tensor_degrees) > 1:
+            job = job.model_copy(
+                update={"explanation": [*job.explanation, *(f"not tried: {s}" for s in skipped)]}
+            )
+        return job
 
 
 def solve_pipeline(
@@ -105,20 +132,25 @@ def solve_pipeline(
     ring: ReplicaRing | None = None,
     *,
     problem: Problem | None = None,
+    tensor: TensorParallelGraph | None = None,
 ) -> tuple[Problem, Split, tuple[TimedPipeline, list[TimedPipeline]]]:
     """One pipeline on `cluster` (one of `ring.replicas` replicas): the split and its
     simulated schedule; `--microbatches auto` tried from 9(p - 1) down, halving.
-    `problem`: `build_problem`'s answer for these arguments, when the caller has it."""
+    `problem`: `build_problem`'s answer for these arguments, when the caller has it;
+    `tensor`: every device of `cluster` is a tensor-parallel group (`build_problem`)."""
     if not config.auto_microbatches:
-        return _solve_once(mg, lg, cluster, config, ring, problem)
+        return _solve_once(mg, lg, cluster, config, ring, problem, tensor)
     fixed = config.model_copy(update={"auto_microbatches": False})
-    _, first, _ = _solve_once(mg, lg, cluster, fixed, ring)
+    _, first, _ = _solve_once(mg, lg, cluster, fixed, ring, tensor=tensor)
     p = len(set(first.assignment.devices))
     m = max(1, min(MAX_AUTO_MICROBATCHES, 9 * (p - 1)))
     last_error: DoesNotFitError | None = None
     while m >= 1:
         try:
-            return _solve_once(mg, lg, cluster, fixed.model_copy(update={"microbatches": m}), ring)
+            return _solve_once(
+                mg, lg, cluster, fixed.model_copy(update={"microbatches": m}), ring,
+                tensor=tensor,
+            )  # fmt: skip
         except DoesNotFitError as exc:
             last_error = exc
             m //= 2
@@ -132,10 +164,11 @@ def _solve_once(
     config: PlanConfig,
     ring: ReplicaRing | None,
     problem: Problem | None = None,
+    tensor: TensorParallelGraph | None = None,
 ) -> tuple[Problem, Split, tuple[TimedPipeline, list[TimedPipeline]]]:
     if problem is None:
         with phase("problem"):
-            problem = build_problem(mg, lg, cluster, config, ring)
+            problem = build_problem(mg, lg, cluster, config, ring, tensor)
     split = find_split(problem)
     with phase("simulate"):
         timed, tried = choose_schedule(problem, split.assignment)

@@ -189,6 +189,7 @@ def stage_rows(
                 compute_ms=st.compute_s * 1e3,
                 optimizer_ms=st.optimizer_s * 1e3,
                 sync_ms=st.sync_s * 1e3,
+                tensor_comm_ms=st.tensor_s * 1e3,
                 send_blocking_ms=st.send_blocking_s * 1e3,
                 send_ms=st.send_s * 1e3,
                 grad_send_ms=st.grad_send_s * 1e3,

@@ -47,7 +47,11 @@ CLI_FLAGS: dict[str, tuple[str, ...]] = {
     "memory_headroom": ("--headroom",),
     "chain_dp": ("--chain-dp/--no-chain-dp",),
     "data_parallel": ("--dp",),
+    "tensor_parallel": ("--tp",),
 }
+
+#: Fields the command line takes as text (a count or `auto`).
+TEXT_OPTIONS = ("microbatches", "tensor_parallel")
 
 
 class PlanConfig(BaseModel):
@@ -112,6 +116,12 @@ class PlanConfig(BaseModel):
         description="Fix the data-parallel degree (replicas; must divide the devices). "
         "Default: the planner picks.",
     )
+    tensor_parallel: Literal["auto"] | int = Field(
+        "auto",
+        description="Tensor-parallel degree t of every stage (Megatron-style sharding of "
+        "attention and MLP blocks over t devices of one node); auto: search t in 1, 2, 4, 8 "
+        "with the split and the replicas (1 with --parallel pp).",
+    )
     zero: int = Field(
         0,
         description="1: shard optimizer state across replicas (ZeRO-1; its all-gather "
@@ -130,6 +140,23 @@ class PlanConfig(BaseModel):
         if v is not None and v < 1:
             raise ValueError(f"{AT_LEAST_ONE[info.field_name]} must be at least 1 (got {v})")
         return v
+
+    @field_validator("tensor_parallel")
+    @classmethod
+    def _tensor_degree(cls, v: str | int) -> str | int:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"the tensor-parallel degree must be at least 1 (got {v})")
+        return v
+
+    @property
+    def tensor_degrees(self) -> tuple[int, ...]:
+        """The tensor-parallel degrees to try: --tp N, or auto's (1 alone with --parallel
+        pp or for inference latency)."""
+        if isinstance(self.tensor_parallel, int):
+            return (self.tensor_parallel,)
+        if self.parallel == "pp":
+            return (1,)
+        return (1, 2, 4, 8)
 
     @field_validator("strategy", mode="before")
     @classmethod

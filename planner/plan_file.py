@@ -79,6 +79,19 @@ class StagePlan(BaseModel):
         0.0,
         description="per micro-batch: the stage held by its sends over host-driven links",
     )
+    tensor_parallel: int = Field(
+        1, description="devices of the stage's tensor-parallel group (its weights split t ways)"
+    )
+    tensor_devices: list[str] = Field(
+        default_factory=list,
+        description="the group's device ids, tensor-parallel rank order (`device` is the "
+        "first); empty for t = 1",
+    )
+    tensor_comm_ms: float = Field(
+        0.0,
+        description="per micro-batch, part of compute_ms: the group's all-reduces (forward "
+        "after each row-parallel linear, backward before each column-parallel input gradient)",
+    )
     send_ms: float = Field(description="activations to the next stage per micro-batch")
     grad_send_ms: float = Field(description="gradients back from the next stage per micro-batch")
     param_bytes: int = Field(
@@ -216,12 +229,16 @@ class Layout(BaseModel):
     devices_used: int = 0
     devices_idle: list[str] = Field(default_factory=list)
     shape: str = Field("", description="one replica's devices, e.g. '2x A100-80GB'")
+    tensor_parallel: int = Field(
+        1, description="devices per stage: every stage runs on a tensor-parallel group of t"
+    )
 
 
 class LayoutTrial(BaseModel):
-    """One data-parallel degree the search priced (best split for it)."""
+    """One layout the search priced (best split for it): replicas x stages x t."""
 
     data_parallel: int
+    tensor_parallel: int = 1
     pipeline_stages: int = 0
     shape: str = ""
     replica_devices: int = 0
@@ -262,6 +279,11 @@ class Plan(BaseModel):
         default_factory=list,
         description="per data-parallel replica: the device of each stage (replica 0 is "
         "`stages[*].device`)",
+    )
+    tensor_groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="each tensor-parallel group in use, keyed by its first device (the id "
+        "`stages` and `replicas` name): its devices in tensor-parallel rank order",
     )
     layouts_tried: list[LayoutTrial] = Field(default_factory=list)
     simulation: Simulation | None = None

@@ -59,6 +59,8 @@ class Layer:
     buffer_bytes: int = 0
     activation_bytes: int = 0
     output_bytes: int = 0
+    #: the activations backward needs, whose bytes `activation_bytes` sums
+    saved: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -145,6 +147,28 @@ def group_layers(
         keys.update(_group_by_structure(mg, rest))
         sources.append("structure")
     return _build_layer_graph(mg, ops, keys, "+".join(sources))
+
+
+def keep_together(mg: ModelGraph, lg: LayerGraph, groups: list[list[str]]) -> LayerGraph:
+    """`lg` with each of `groups` (operator names: a tensor-parallel block) inside one
+    layer: the layers a group touches are merged, and whatever lies between them (made
+    convex as any grouping). `lg` itself when no group spans layers."""
+    root = list(range(len(lg.layers)))
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    for nodes in groups:
+        touched = sorted({find(lg.node_layer[n]) for n in nodes if n in lg.node_layer})
+        for other in touched[1:]:
+            root[other] = touched[0]
+    if all(find(i) == i for i in range(len(root))):
+        return lg
+    keys = {n: ("@" + lg.layers[find(i)].name,) for n, i in lg.node_layer.items()}
+    return _build_layer_graph(mg, mg.op_nodes, keys, lg.source + "+blocks")
 
 
 def _work(mg: ModelGraph, node: str) -> float:
@@ -350,11 +374,12 @@ def _fill_layer_costs(
                 saved.update(data["outputs"][:1])
             for t in inputs:  # a weight computed from parameters (Transpose(W)) is theirs
                 params.update(mg.weights.sources.get(t, ()))
-        for t in saved:
+        for t in sorted(saved):
             if t in mg.param_like or produced_by.get(t) in static_producers or t in mg.constants:
                 continue
             info = mg.tensors.get(t)
             layer.activation_bytes += info.nbytes if info else 0
+            layer.saved.append(t)
         layer.params = sorted(params)
         layer.param_count = sum(mg.params[p].numel for p in params if mg.params[p].trainable)
         layer.param_bytes = sum(mg.params[p].nbytes for p in params if mg.params[p].trainable)

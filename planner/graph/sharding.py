@@ -64,6 +64,14 @@ class Block:
     sizes: set[int] = field(default_factory=set)
     heads: list[int] = field(default_factory=list)
     problem: str = ""
+    #: every sharded tensor: (its sharded axis, that axis' full size)
+    tensors: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: every sharded parameter (or view of one) read by the block: its sharded axis
+    params: dict[str, int] = field(default_factory=dict)
+    #: the sizes a fused projection is cut into on the sharded axis (Split), in order
+    parts: list[int] = field(default_factory=list)
+    #: the replicated tensors the columns read (their gradients are all-reduced)
+    column_inputs: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -104,6 +112,7 @@ class _Finder:
         self.shard: dict[str, _Shard] = {}
         self.blocks: list[Block] = []
         self.parent: list[int] = []
+        self.poisoned: set[str] = set()
 
     # ---------------------------------------------------------------- helpers
 
@@ -129,6 +138,10 @@ class _Finder:
             a.sizes |= b.sizes
             a.heads += b.heads
             a.problem = a.problem or b.problem
+            a.params |= b.params
+            a.tensors |= b.tensors
+            a.parts += b.parts
+            a.column_inputs += [t for t in b.column_inputs if t not in a.column_inputs]
         return keep
 
     def fail(self, block: int, node: str, why: str) -> None:
@@ -185,21 +198,48 @@ class _Finder:
             outs = {}
         for t, s in outs.items():
             self.shard[t] = s
+            self.blocks[block].tensors[t] = (s.axis, s.size)
         if not outs:  # the block's data ends here unsharded: poison the outputs
             for t in d["outputs"]:
                 if t:
                     self.shard[t] = _Shard(0, 1, block)
+                    self.poisoned.add(t)
+
+    def weight_axis(self, node: str, contracted: bool) -> int:
+        """The axis of a linear's weight tensor that holds its output (or, `contracted`,
+        its input) features."""
+        trans_b = self.mg.graph.nodes[node]["op_type"] == "Gemm" and _attrs(self.protos[node]).get(
+            "transB", 0
+        )
+        return int(bool(trans_b) == contracted)
 
     def new_block(self, node: str, width: int) -> None:
         index = len(self.blocks)
-        self.blocks.append(Block(index, columns=[node], nodes=[node], sizes={width}))
+        d = self.mg.graph.nodes[node]
+        self.blocks.append(
+            Block(
+                index,
+                columns=[node],
+                nodes=[node],
+                sizes={width},
+                params={d["inputs"][1]: self.weight_axis(node, contracted=False)},
+                column_inputs=[d["inputs"][0]],
+            )
+        )
         self.parent.append(index)
-        out = self.mg.graph.nodes[node]["outputs"][0]
+        if d["op_type"] == "Gemm" and len(d["inputs"]) > 2 and d["inputs"][2]:
+            bias = d["inputs"][2]
+            if bias not in self.mg.param_like or len(self.shape(bias) or ()) != 1:
+                self.fail(index, node, "a Gemm bias that is not a per-feature parameter")
+            else:
+                self.blocks[index].params[bias] = 0
+        out = d["outputs"][0]
         shape = self.shape(out)
         if shape is None:
             self.fail(index, node, "output shape unknown")
             return
         self.shard[out] = _Shard(len(shape) - 1, width, index)
+        self.blocks[index].tensors[out] = (len(shape) - 1, width)
 
     def row(self, node: str, block: int, weight: tuple[int, int]) -> None:
         d = self.mg.graph.nodes[node]
@@ -209,6 +249,10 @@ class _Finder:
             self.fail(block, node, "a linear whose input is sharded off its contracted axis")
             return
         self.blocks[block].rows.append(node)  # output: the all-reduced sum, replicated
+        self.blocks[block].params[d["inputs"][1]] = self.weight_axis(node, contracted=True)
+        a = _attrs(self.protos[node]) if d["op_type"] == "Gemm" else {}
+        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+            self.fail(block, node, "a row Gemm with transA, alpha or beta")
 
     def propagate(self, node: str, d: dict, inputs: list[str], block: int) -> dict[str, _Shard]:
         op = d["op_type"]
@@ -275,7 +319,8 @@ class _Finder:
             if i < 0 or shape[i] == 1:
                 continue  # broadcast along the sharded axis: every device reads it whole
             if t in self.mg.param_like and shape[i] == size:
-                continue  # a bias of the axis' size, split with its column
+                self.blocks[block].params[t] = i  # a bias of the axis' size, split with it
+                continue
             raise _Unsharded(f"{t} is full-size on the sharded axis")
         return _Shard(axis, size, block)
 
@@ -317,6 +362,7 @@ class _Finder:
             size = shape[axis] if axis == s.axis else s.size
             if axis == s.axis:  # a fused projection cut into its parts
                 self.blocks[block].sizes.add(size)
+                self.blocks[block].parts.append(size)
             outs[t] = _Shard(s.axis, size, block)
         return outs
 

@@ -36,9 +36,15 @@ def layout_trials(trials: list[Trial], chosen: Trial, microbatch_size: int) -> l
     return [
         LayoutTrial(
             data_parallel=t.option.replicas,
+            tensor_parallel=t.option.tensor_parallel,
             pipeline_stages=t.stages,
-            shape=_shape(t.option.layout.sub),
-            replica_devices=t.option.layout.sub.num_devices,
+            shape=_shape(t.option.layout.sub)
+            + (
+                f" (each a group of {t.option.tensor_parallel})"
+                if t.option.tensor_parallel > 1
+                else ""
+            ),
+            replica_devices=t.option.layout.sub.num_devices * t.option.tensor_parallel,
             fits=t.fits,
             iteration_ms=t.iteration_s * 1e3 if t.split is not None else None,
             throughput_samples_per_s=t.throughput(microbatch_size),
@@ -98,7 +104,8 @@ def job_plan(
         global_batch=predicted.global_batch,
         batch="fixed-global" if config.global_batch is not None else "per-replica",
         microbatches_per_replica=config.microbatches,
-        devices_used=len(used),
+        devices_used=len(used) * chosen.option.tensor_parallel,
+        tensor_parallel=chosen.option.tensor_parallel,
         devices_idle=[d for d in cluster.device_ids() if d not in used],
         shape=_shape(layout.sub),
     )
@@ -124,20 +131,32 @@ def explain_layout(layout: Layout, tried: list[LayoutTrial]) -> list[str]:
     """Why this degree: the chosen layout against pipeline-only and pure data parallelism
     (closed form), when they were priced."""
     chosen = next(t for t in tried if t.chosen)
-    if len(tried) <= 1 and layout.data_parallel == 1:
+    if len(tried) <= 1 and layout.data_parallel == 1 and chosen.tensor_parallel == 1:
         return []
+    tensor = f" x tensor {chosen.tensor_parallel}" if chosen.tensor_parallel > 1 else ""
     line = (
-        f"layout {layout.data_parallel} replica(s) x {chosen.pipeline_stages} stage(s) "
+        f"layout {layout.data_parallel} replica(s) x {chosen.pipeline_stages} stage(s){tensor} "
         f"on {layout.devices_used} devices: {chosen.throughput_samples_per_s:.4g} samples/s "
         f"(closed form, {layout.global_batch} samples per iteration"
         + (f", all-reduce {chosen.allreduce_ms:.3g} ms" if layout.data_parallel > 1 else "")
         + ")"
     )
     lines = [line]
-    pipeline_only = next((t for t in tried if t.data_parallel == 1), None)
+    pipeline_only = next(
+        (t for t in tried if t.data_parallel == 1 and t.tensor_parallel == 1), None
+    )
     if pipeline_only is not None and not pipeline_only.chosen:
         lines.append("pipeline only: " + _figure(pipeline_only, chosen))
-    pure = [t for t in tried if t.data_parallel > 1 and t.replica_devices == 1]
+    if chosen.tensor_parallel > 1:
+        untensored = next((t for t in tried if t.tensor_parallel == 1 and t.fits), None)
+        untensored = untensored or next((t for t in tried if t.tensor_parallel == 1), None)
+        if untensored is not None and untensored is not pipeline_only:
+            lines.append("without tensor parallelism: " + _figure(untensored, chosen))
+    pure = [
+        t
+        for t in tried
+        if t.data_parallel > 1 and t.replica_devices == 1 and t.tensor_parallel == 1
+    ]
     pure_dp = max(pure, key=lambda t: t.data_parallel, default=None)
     if pure_dp is not None and not pure_dp.chosen:
         lines.append(
@@ -157,7 +176,8 @@ def _figure(t: LayoutTrial, chosen: LayoutTrial) -> str:
         if t.throughput_samples_per_s
         else 0
     )
+    tensor = f" x tensor {t.tensor_parallel}" if t.tensor_parallel > 1 else ""
     return (
-        f"{t.data_parallel} x {t.pipeline_stages} stage(s), {t.throughput_samples_per_s:.4g} samples/s "
+        f"{t.data_parallel} x {t.pipeline_stages} stage(s){tensor}, {t.throughput_samples_per_s:.4g} samples/s "
         f"(the chosen layout is {ratio:.2f}x)"
     )

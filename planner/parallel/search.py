@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cost.cluster import Cluster
 from cost.collectives import DEFAULT_BUCKET_BYTES, ReplicaRing
@@ -56,10 +57,17 @@ class LayoutOption:
     layout: ReplicaLayout
     ring: ReplicaRing | None
     config: PlanConfig
+    #: its tensor-parallel degree's `planner.parallel.tensor.TensorLayout` (None: t = 1);
+    #: `layout` is then a layout of the grouped cluster
+    tensor: Any = None
 
     @property
     def replicas(self) -> int:
         return self.layout.replicas_count
+
+    @property
+    def tensor_parallel(self) -> int:
+        return self.tensor.degree if self.tensor is not None else 1
 
 
 @dataclass
@@ -238,6 +246,7 @@ def search_layouts(
             -round(t.throughput(microbatch_size), 9),
             t.pruned,
             t.option.replicas,
+            t.option.tensor_parallel,
             order[id(t)],
         ),
     )

@@ -86,6 +86,8 @@ class StageEval:
     #: per micro-batch: the stage held by its own sends over host-driven links
     #: (`LinkSpec.send_blocking_seconds`), in series with its compute
     send_blocking_s: float = 0.0
+    #: per micro-batch, inside compute_s: its tensor-parallel group's all-reduces
+    tensor_s: float = 0.0
 
     @property
     def occupied_s(self) -> float:
@@ -221,6 +223,11 @@ def evaluate(problem: Problem, a: Assignment) -> Evaluation:
                 optimizer_s=optimizer,
                 sync_s=sync,
                 send_blocking_s=hold[s],
+                tensor_s=sum(
+                    problem.layers[layer].tensor_s[g]
+                    for layer in layers
+                    if problem.layers[layer].tensor_s
+                ),
             )
         )
     resources = [(st.occupied_s, f"stage {st.index} compute") for st in stages]

@@ -27,6 +27,7 @@ from cost.roofline import backward_seconds, dtype_bytes_scale, forward_seconds, 
 from planner.config import PlanConfig
 from planner.graph.layers import LayerGraph
 from planner.graph.load import ModelGraph
+from planner.graph.shard_price import TensorParallelGraph
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class LayerCost:
     optimizer_s: tuple[float, ...] = ()
     #: per group: the collective part of `optimizer_s` (all-reduce + all-gather)
     sync_s: tuple[float, ...] = ()
+    #: per group, per micro-batch: the tensor-parallel all-reduces inside forward_s and
+    #: backward_s (0 without tensor parallelism)
+    tensor_s: tuple[float, ...] = ()
 
     def compute_s(self, group: int, training: bool) -> float:
         return self.forward_s[group] + (self.backward_s[group] if training else 0.0)
@@ -99,6 +103,12 @@ class Problem:
     links: dict[tuple[int, int], LinkSpec] = field(default_factory=dict)
     #: the data-parallel replicas this pipeline is one of (None: a single pipeline)
     ring: ReplicaRing | None = None
+    #: each stage's tensor-parallel group: how its operators are sharded (None: t = 1)
+    tensor: TensorParallelGraph | None = None
+
+    @property
+    def tensor_parallel(self) -> int:
+        return self.tensor.degree if self.tensor is not None else 1
 
     @property
     def training(self) -> bool:
@@ -203,16 +213,38 @@ def build_problem(
     cluster: Cluster,
     config: PlanConfig,
     ring: ReplicaRing | None = None,
+    tensor: TensorParallelGraph | None = None,
 ) -> Problem:
     """Price every layer on every device group; list inter-layer tensor flows.
 
     `ring`: this pipeline is one of `ring.replicas` data-parallel replicas: every layer's
     step tail then includes its gradients' all-reduce over the ring (and with ZeRO-1 its
-    sharded step, the all-gather and the sharded optimizer state in memory)."""
+    sharded step, the all-gather and the sharded optimizer state in memory).
+
+    `tensor`: every device of `cluster` stands for a tensor-parallel group of
+    `tensor.degree` devices of its node (`planner.parallel.tensor`): a layer costs what one
+    device of the group runs (`planner.graph.shard_price`) plus the group's all-reduces on
+    the node's link, and holds 1/t of its sharded weights, state and activations."""
     if cluster.num_devices < 1:
         raise PipeplanError("the cluster has no devices")
     groups = device_groups(cluster)
     ring_links = _ring_links(groups, ring)
+    tp = tensor if tensor is not None and tensor.degree > 1 else None
+    t = tp.degree if tp is not None else 1
+    tp_links = [cluster.node(g.node).link for g in groups]
+
+    def cost_of(n: str):
+        """(cost, signature): a shard's cost is the roofline's (no profile holds it)."""
+        if tp is not None and n in tp.costs:
+            return tp.costs[n], None
+        return mg.cost(n), mg.graph.nodes[n].get("signature")
+
+    def share(name: str) -> float:
+        return 1.0 / t if tp is not None and name in tp.sharded_params else 1.0
+
+    def reduce_s(nbytes: float, link: LinkSpec) -> float:
+        return ring_allreduce_seconds(nbytes, t, link, max(int(nbytes), 1))
+
     shards = ring.zero_shards if ring is not None else 1
     dtype = config.dtype
     scale = dtype_bytes_scale(dtype)
@@ -227,11 +259,23 @@ def build_problem(
     layers = []
     for layer in lg.layers:
         # (cost, signature) per node: a profiled device's measured times win (cost.roofline)
-        costs = [(mg.cost(n), mg.graph.nodes[n].get("signature")) for n in layer.nodes]
+        costs = [cost_of(n) for n in layer.nodes]
         fwd = tuple(sum(forward_seconds(c, g.spec, dtype, sig) for c, sig in costs) for g in groups)
         bwd = tuple(
             sum(backward_seconds(c, g.spec, dtype, sig) for c, sig in costs) for g in groups
         )
+        tensor_s: tuple[float, ...] = ()
+        if tp is not None:
+            fwd_bytes = [tp.forward_reduce_bytes.get(n, 0) * scale for n in layer.nodes]
+            bwd_bytes = [tp.backward_reduce_bytes.get(n, 0) * scale for n in layer.nodes]
+            f_comm = [sum(reduce_s(b, link) for b in fwd_bytes if b) for link in tp_links]
+            b_comm = [
+                sum(reduce_s(b, link) for b in bwd_bytes if b) if config.training else 0.0
+                for link in tp_links
+            ]
+            fwd = tuple(f + c for f, c in zip(fwd, f_comm, strict=True))
+            bwd = tuple(b + c for b, c in zip(bwd, b_comm, strict=True))
+            tensor_s = tuple(f + b for f, b in zip(f_comm, b_comm, strict=True))
         if config.recompute and config.training:
             # full recomputation: the stage's forward runs again just before its backward
             # (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"; Korthikanti
@@ -246,11 +290,23 @@ def build_problem(
             for g in groups
         )
         own = [mg.params[p] for p in layer.params if p not in shared_names]
-        state = sum(p.numel * per_param for p in own if p.trainable)
+        state = sum(p.numel * per_param * share(p.name) for p in own if p.trainable)
         trainable = [p for p in own if p.trainable]
         step, sync = _step_tails(
-            groups, config, ring, ring_links, sum(p.numel for p in trainable), len(trainable)
+            groups,
+            config,
+            ring,
+            ring_links,
+            int(sum(p.numel * share(p.name) for p in trainable)),
+            len(trainable),
         )
+        activations = layer.activation_bytes
+        if tp is not None:
+            activations = sum(
+                (mg.tensors[x].nbytes / t if x in tp.sharded_tensors else mg.tensors[x].nbytes)
+                for x in layer.saved
+                if x in mg.tensors
+            )
         layers.append(
             LayerCost(
                 index=layer.index,
@@ -260,10 +316,13 @@ def build_problem(
                 weight_grad_s=wgrad,
                 state_bytes=int(state),
                 buffer_bytes=int(sum(p.nbytes for p in own if not p.trainable) * scale),
-                activation_bytes=int(layer.activation_bytes * scale),
-                param_bytes=layer.param_bytes,
+                activation_bytes=int(activations * scale),
+                param_bytes=int(sum(p.nbytes * share(p.name) for p in own if p.trainable))
+                if tp is not None
+                else layer.param_bytes,
                 optimizer_s=step,
                 sync_s=sync,
+                tensor_s=tensor_s,
             )
         )
     shared = []
@@ -309,4 +368,5 @@ def build_problem(
         config,
         links,
         ring,
+        tp,
     )

@@ -124,7 +124,7 @@ def _choices(annotation) -> tuple[str, ...]:
 
 def plan_option_parameters() -> list[inspect.Parameter]:
     """One keyword-only typer option per `PlanConfig` field that has a flag."""
-    from planner.config import PlanConfig
+    from planner.config import TEXT_OPTIONS, PlanConfig
 
     out = []
     for name, field in PlanConfig.model_fields.items():
@@ -135,7 +135,7 @@ def plan_option_parameters() -> list[inspect.Parameter]:
         help_text = field.description or ""
         if choices:
             help_text += f" One of: {', '.join(choices)}."
-        if choices or name == "microbatches":
+        if choices or name in TEXT_OPTIONS:
             kind, default = str, str(field.default)
         else:
             kind, default = field.annotation, field.default
