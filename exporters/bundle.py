@@ -18,7 +18,17 @@ import onnx
 from cost.errors import PipeplanError
 from cost.files import current_umask, write_text_atomic
 from cost.tensor import dtype_name
-from exporters.manifest import Manifest, Relay, ReplicaRanks, SharedWeight, StageFile, TensorSpec
+from exporters.manifest import (
+    Manifest,
+    ParameterShard,
+    Relay,
+    ReplicaRanks,
+    SharedWeight,
+    StageFile,
+    TensorRankFile,
+    TensorSpec,
+)
+from exporters.shard import shard_stage_model, shardable_blocks, stage_shards
 from exporters.stages import cut_stages, stage_model
 from exporters.weights import relocate_weights
 from planner.graph.load import ModelGraph, load_graph
@@ -94,15 +104,58 @@ def _write_bundle(mg: ModelGraph, plan: Plan, stages, out: Path, source_dir: Pat
     files = []
     present_all = True
     param_stages: dict[str, list[int]] = {}
+    tp = plan.layout.tensor_parallel
+    blocks = shardable_blocks(mg, tp) if tp > 1 else []
+    if tp > 1 and not mg.has_weights:
+        raise PipeplanError(
+            "a tensor-parallel bundle needs the model's weights to shard them (this model is "
+            "a graph without weight data)"
+        )
     for stage, st_plan in zip(stages, plan.stages, strict=True):
         name = f"stage_{stage.index}.onnx"
         data_name = f"{name}.data"
-        inits, wrote, present = relocate_weights(stage.initializers, source_dir, out, data_name)
-        present_all = present_all and present
-        proto = stage_model(mg, stage, inits)
-        path = out / name
-        onnx.save(proto, str(path))
-        _check(path, proto, present)
+        tensor_files: list[TensorRankFile] = []
+        sharded: dict[str, ParameterShard] = {}
+        if tp > 1:
+            shards = stage_shards(mg, blocks, list(st_plan.nodes), stage.index)
+            sharded = {
+                p: ParameterShard(axis=s.axis, parts=list(s.parts))
+                for p, s in shards.params.items()
+            }
+            whole = stage_model(mg, stage, stage.initializers)  # weights still the source's
+            devices = st_plan.tensor_devices or [st_plan.device] * tp
+            for k in range(tp):
+                rank_name = f"stage_{stage.index}_tp{k}.onnx"
+                proto = shard_stage_model(
+                    whole, mg, shards, tp, k, lambda init: _array(init, source_dir)
+                )
+                inits, wrote, present = relocate_weights(
+                    list(proto.graph.initializer), source_dir, out, f"{rank_name}.data"
+                )
+                present_all = present_all and present
+                del proto.graph.initializer[:]
+                proto.graph.initializer.extend(inits)
+                path = out / rank_name
+                onnx.save(proto, str(path))
+                _check(path, proto, present)
+                tensor_files.append(
+                    TensorRankFile(
+                        tensor_rank=k,
+                        device=devices[k],
+                        file=rank_name,
+                        data_file=f"{rank_name}.data" if wrote else None,
+                        sha256=_sha256(path),
+                    )
+                )
+            name, path = tensor_files[0].file, out / tensor_files[0].file
+            data_name = f"{name}.data"
+        else:
+            inits, wrote, present = relocate_weights(stage.initializers, source_dir, out, data_name)
+            present_all = present_all and present
+            proto = stage_model(mg, stage, inits)
+            path = out / name
+            onnx.save(proto, str(path))
+            _check(path, proto, present)
         params = sorted(
             t.name
             for t in stage.initializers
@@ -147,6 +200,8 @@ def _write_bundle(mg: ModelGraph, plan: Plan, stages, out: Path, source_dir: Pat
                 parameters=params,
                 param_count=sum(mg.params[p].numel for p in params),
                 nodes=len(stage.nodes),
+                tensor_files=tensor_files,
+                sharded_parameters=sharded,
             )
         )
     shared = [SharedWeight(name=p, stages=s) for p, s in sorted(param_stages.items()) if len(s) > 1]
@@ -175,25 +230,35 @@ def _write_bundle(mg: ModelGraph, plan: Plan, stages, out: Path, source_dir: Pat
         plan_config=plan.config.model_dump(),
         data_parallel=plan.layout.data_parallel,
         zero=plan.layout.zero,
+        tensor_parallel=tp,
         replicas=replicas,
     )
 
 
 def replica_ranks(plan: Plan) -> list[ReplicaRanks]:
-    """Each replica's stage devices and ranks: rank = replica x p + the position of the
-    stage's device among replica 0's devices (in order of their first stage)."""
+    """Each replica's stage devices and ranks: rank = (replica x p + the position of the
+    stage's device among replica 0's devices, in order of their first stage) x t (+ the
+    tensor-parallel rank: a group's ranks are consecutive, as Megatron-LM orders them)."""
     first = [st.device for st in plan.stages]
     positions = {d: i for i, d in enumerate(dict.fromkeys(first))}
     p = len(positions)
+    t = plan.layout.tensor_parallel
     devices = plan.replicas or [first]
     return [
         ReplicaRanks(
             replica=k,
             devices=list(devs),
-            ranks=[k * p + positions[d] for d in first],
+            ranks=[(k * p + positions[d]) * t for d in first],
         )
         for k, devs in enumerate(devices)
     ]
+
+
+def _array(init: onnx.TensorProto, source_dir: Path):
+    """An initializer's values (external data read from the source model's folder)."""
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(init, base_dir=str(source_dir))
 
 
 def _check(path: Path, proto: onnx.ModelProto, weights_present: bool) -> None:

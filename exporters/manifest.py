@@ -15,9 +15,10 @@ from cost.errors import PipeplanError
 from planner.plan_file import Routing
 from planner.schedule.actions import Schedule
 
-MANIFEST_VERSION = 2
-#: Versions this pipeplan reads (1: one pipeline, before data parallelism).
-READABLE_VERSIONS = (1, 2)
+MANIFEST_VERSION = 3
+#: Versions this pipeplan reads (1: one pipeline, before data parallelism; 2: before
+#: tensor parallelism).
+READABLE_VERSIONS = (1, 2, 3)
 
 
 class TensorSpec(BaseModel):
@@ -40,6 +41,26 @@ class Relay(BaseModel):
     dtype: str
 
 
+class TensorRankFile(BaseModel):
+    """A stage's model for one tensor-parallel rank (its shard of the stage's weights)."""
+
+    tensor_rank: int
+    device: str
+    file: str
+    data_file: str | None = None
+    sha256: str
+
+
+class ParameterShard(BaseModel):
+    """How a parameter is split over the tensor-parallel group: along `axis`, each of
+    `parts` (consecutive sizes summing to that axis' length: the parts of a fused QKV
+    projection, or the whole axis) cut into t equal slices; rank k holds the k-th slice of
+    every part, concatenated (`exporters.shard.shard_array`)."""
+
+    axis: int
+    parts: list[int]
+
+
 class StageFile(BaseModel):
     index: int
     file: str = Field(description="ONNX file of this stage, relative to the bundle")
@@ -57,7 +78,21 @@ class StageFile(BaseModel):
     nodes: int
     ranks: list[int] = Field(
         default_factory=list,
-        description="the rank running this stage in each data-parallel replica (replica order)",
+        description="the rank running this stage in each data-parallel replica (replica "
+        "order); with tensor parallelism, the rank of its tensor-parallel rank 0 (rank k "
+        "is that + k)",
+    )
+    tensor_files: list[TensorRankFile] = Field(
+        default_factory=list,
+        description="with tensor parallelism: one model per tensor-parallel rank (`file` is "
+        "rank 0's); the models' `pipeplan` operators (domain version 1) join the ranks: "
+        "AllReduce(x) sums x over the group in forward (identity backward), CopyToGroup(x) "
+        "is identity in forward and sums the gradient over the group in backward",
+    )
+    sharded_parameters: dict[str, ParameterShard] = Field(
+        default_factory=dict,
+        description="parameters split over the tensor-parallel group (the others are whole "
+        "on every rank)",
     )
 
 
@@ -103,6 +138,9 @@ class Manifest(BaseModel):
         1, description="replicas of the pipeline; each runs `microbatches` micro-batches per step"
     )
     zero: int = Field(0, description="1: optimizer state sharded across replicas (ZeRO-1)")
+    tensor_parallel: int = Field(
+        1, description="ranks per stage: each stage's weights split over a group of t"
+    )
     replicas: list[ReplicaRanks] = Field(
         default_factory=list,
         description="per replica, each stage's device and rank (rank = replica x devices per "
@@ -117,7 +155,13 @@ class Manifest(BaseModel):
 
     @property
     def world_size(self) -> int:
-        return self.data_parallel * len(self.pipeline_devices)
+        return self.data_parallel * len(self.pipeline_devices) * self.tensor_parallel
+
+    def stage_file(self, stage: StageFile, tensor_rank: int) -> str:
+        """The model file a stage's tensor-parallel rank runs."""
+        if not stage.tensor_files:
+            return stage.file
+        return stage.tensor_files[tensor_rank].file
 
     def source_model(self, root: Path) -> Path:
         """The source model (`run --check`'s reference): absolute in new bundles; older

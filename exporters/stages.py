@@ -214,3 +214,10 @@ def stage_model(
         if (fn.domain, fn.name) in used_functions:
             model.functions.append(fn)
     return model
+
+
+def whole_stage_models(mg: ModelGraph, plan: Plan) -> list[onnx.ModelProto]:
+    """Every stage of `plan` as one unsharded model, its weights the source's (external
+    data still pointing at the source model's folder): the reference a tensor-parallel
+    run is checked against."""
+    return [stage_model(mg, st, st.initializers) for st in cut_stages(mg, plan)]

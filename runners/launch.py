@@ -68,14 +68,15 @@ def load_bundle(bundle: str | os.PathLike[str]) -> tuple[Path, Manifest]:
             f"bundle {root} has no schedule: export it from a plan made by this pipeplan"
         )
     for st in manifest.stages:
-        f = root / st.file
-        if not f.exists():
-            raise PipeplanError(f"bundle {root} is missing {st.file}")
-        digest = hashlib.sha256(f.read_bytes()).hexdigest()
-        if digest != st.sha256:
-            raise PipeplanError(
-                f"{st.file} does not match its manifest (sha256 differs): the bundle was modified"
-            )
+        for name, sha in [(st.file, st.sha256)] + [(x.file, x.sha256) for x in st.tensor_files]:
+            f = root / name
+            if not f.exists():
+                raise PipeplanError(f"bundle {root} is missing {name}")
+            digest = hashlib.sha256(f.read_bytes()).hexdigest()
+            if digest != sha:
+                raise PipeplanError(
+                    f"{name} does not match its manifest (sha256 differs): the bundle was modified"
+                )
     return root, manifest
 
 
@@ -103,8 +104,10 @@ def run(
         layout = (
             f"{manifest.data_parallel} replicas x {len(manifest.pipeline_devices)} devices"
             if manifest.data_parallel > 1
-            else f"stages on {world} devices"
+            else f"stages on {world // manifest.tensor_parallel} devices"
         )
+        if manifest.tensor_parallel > 1:
+            layout += f" x tensor parallel {manifest.tensor_parallel}"
         raise PipeplanError(
             f"the plan runs {layout} ({world} ranks); --nproc {nproc} does not match"
         )
@@ -292,6 +295,7 @@ def _report(
         backend=backend,
         world_size=len(results),
         data_parallel=manifest.data_parallel,
+        tensor_parallel=manifest.tensor_parallel,
         zero=manifest.zero,
         schedule=manifest.schedule.kind,
         microbatches=m,

@@ -110,9 +110,7 @@ def reference_gradients(
     root: Path, manifest: Manifest, *, seed: int, data: str | None
 ) -> dict[str, np.ndarray]:
     """One process, same converted graphs and data: gradients keyed '<stage>/<onnx name>'."""
-    from runners.onnx_to_torch import convert
-
-    modules = {st.index: convert(str(root / st.file), seed=seed) for st in manifest.stages}
+    modules = _whole_stages(root, manifest, seed)
     source = DataSource(manifest, root, seed=seed, npz=data)
     m = source.per_step  # the global batch: every replica's micro-batches
     for mb in range(m):
@@ -140,6 +138,29 @@ def reference_gradients(
     return grads
 
 
+def _whole_stages(root: Path, manifest: Manifest, seed: int) -> dict[int, torch.nn.Module]:
+    """The stages as one process runs them: the bundle's stage files, or for a
+    tensor-parallel bundle the unsharded stages cut again from the source model."""
+    from runners.onnx_to_torch import convert
+
+    if manifest.tensor_parallel == 1:
+        return {st.index: convert(str(root / st.file), seed=seed) for st in manifest.stages}
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from exporters.stages import whole_stage_models
+    from planner.graph.load import load_graph
+    from planner.plan_file import load_plan, plan_bindings
+
+    source = manifest.source_model(root)
+    plan = load_plan(root / "plan.json")
+    mg = load_graph(source, plan_bindings(plan), keep_merged_weights=plan.model.keep_merged_weights)
+    modules = {}
+    for st, proto in zip(manifest.stages, whole_stage_models(mg, plan), strict=True):
+        load_external_data_for_model(proto, str(source.parent))
+        modules[st.index] = convert(proto, seed=seed)
+    return modules
+
+
 def compare_gradients(
     got: dict[str, np.ndarray], ref: dict[str, np.ndarray]
 ) -> tuple[float, float, list[str]]:
@@ -158,13 +179,31 @@ def compare_gradients(
 
 
 def _replica_gradients(folder: Path, manifest: Manifest) -> list[dict[str, np.ndarray]]:
-    """Each replica's gradients (after its all-reduce), keyed '<stage>/<onnx name>'."""
-    p = len(manifest.pipeline_devices)
-    out: list[dict[str, np.ndarray]] = [{} for _ in range(manifest.data_parallel)]
+    """Each replica's gradients (after its all-reduce), keyed '<stage>/<onnx name>'; with
+    tensor parallelism one dict per (replica, tensor rank): a sharded parameter's pieces
+    joined (`exporters.shard.unshard_arrays`), the others as that rank has them."""
+    p, t = len(manifest.pipeline_devices), manifest.tensor_parallel
+    out: list[dict[str, np.ndarray]] = [{} for _ in range(manifest.data_parallel * t)]
     for f in sorted(folder.glob("grads_rank*.npz")):
         rank = int(f.stem.removeprefix("grads_rank"))
+        replica, k = divmod(rank, p * t)[0], rank % t
         with np.load(f) as z:
-            out[rank // p].update({k: z[k] for k in z.files})
+            out[replica * t + k].update({key: z[key] for key in z.files})
+    if t == 1:
+        return out
+    from exporters.shard import ParamShard, unshard_arrays
+
+    for replica in range(manifest.data_parallel):
+        group = out[replica * t : (replica + 1) * t]
+        for st in manifest.stages:
+            for name, spec in st.sharded_parameters.items():
+                key = f"{st.index}/{name}"
+                if all(key in g for g in group):
+                    whole = unshard_arrays(
+                        [g[key] for g in group], ParamShard(spec.axis, tuple(spec.parts))
+                    )
+                    for g in group:
+                        g[key] = whole
     return out
 
 

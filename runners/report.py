@@ -43,6 +43,7 @@ class RunReport(BaseModel):
     backend: str
     world_size: int
     data_parallel: int = Field(1, description="replicas of the pipeline")
+    tensor_parallel: int = Field(1, description="ranks per stage (its tensor-parallel group)")
     zero: int = Field(0, description="1: optimizer state sharded across replicas (ZeRO-1)")
     schedule: str
     microbatches: int = Field(description="per replica per step")

@@ -86,16 +86,25 @@ class Rank:
         self.ranks = device_ranks(self.manifest)
         self.p = len(self.ranks)
         self.r = self.manifest.data_parallel
-        self.replica, position = divmod(self.rank, self.p)
+        self.t = self.manifest.tensor_parallel
+        group_rank, self.tensor_rank = divmod(self.rank, self.t)
+        self.replica, position = divmod(group_rank, self.p)
         self.device_of_rank = {r: d for d, r in self.ranks.items()}
         self.device = self.device_of_rank[position]  # replica 0's id: the actions' key
         base = self.replica * self.p
-        self.stage_rank = {st.index: base + self.ranks[st.device] for st in self.manifest.stages}
+        # pipeline peers: the same tensor-parallel rank of the neighbouring stages' groups
+        self.stage_rank = {
+            st.index: (base + self.ranks[st.device]) * self.t + self.tensor_rank
+            for st in self.manifest.stages
+        }
         self.num_stages = len(self.manifest.stages)
         self.m = self.manifest.microbatches
         self.first_microbatch = self.replica * self.m  # this replica's share of the batch
         self.data = DataSource(self.manifest, self.bundle, seed=args.seed, npz=args.data)
-        self.dp_group = self._data_parallel_group()
+        self.dp_group, self.tp_group = self._mesh_groups()
+        from runners.tensor_parallel import use_group
+
+        use_group(self.tp_group)
         self.torch_device = (
             torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             if args.backend == "nccl"
@@ -108,7 +117,10 @@ class Rank:
 
         for st in self.manifest.stages:
             if st.device == self.device:
-                module = convert(str(self.bundle / st.file), seed=args.seed)
+                module = convert(
+                    str(self.bundle / self.manifest.stage_file(st, self.tensor_rank)),
+                    seed=args.seed,
+                )
                 if self.torch_device is not None:
                     module = module.to(self.torch_device)
                 self.stages[st.index] = StageRunner(
@@ -152,19 +164,23 @@ class Rank:
             )
         return cls(params, **options)
 
-    def _data_parallel_group(self):
-        """This rank's group across replicas (same stages, every replica), from a (dp, pp)
-        device mesh; None for one replica."""
-        if self.r < 2:
-            return None
+    def _mesh_groups(self):
+        """This rank's data-parallel group (same stages and tensor rank, every replica) and
+        tensor-parallel group (its stage's other shards), from a (dp, pp, tp) device mesh;
+        None where the degree is 1."""
+        if self.r < 2 and self.t < 2:
+            return None, None
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh(
             "cuda" if self.args.backend == "nccl" else "cpu",
-            (self.r, self.p),
-            mesh_dim_names=("dp", "pp"),
+            (self.r, self.p, self.t),
+            mesh_dim_names=("dp", "pp", "tp"),
         )
-        return mesh.get_group("dp")
+        return (
+            mesh.get_group("dp") if self.r > 1 else None,
+            mesh.get_group("tp") if self.t > 1 else None,
+        )
 
     def _shared_groups(self):
         """Per replica, one process group per weight held by stages on several of its
@@ -173,12 +189,16 @@ class Rank:
         for w in self.manifest.shared_weights:
             for replica in range(self.r):
                 base = replica * self.p
-                ranks = sorted(
-                    {base + self.ranks[self.manifest.stages[s].device] for s in w.stages}
-                )
-                group = dist.new_group(ranks) if len(ranks) > 1 else None
-                if replica == self.replica:
-                    groups.append((w, ranks, group))
+                for k in range(self.t):
+                    ranks = sorted(
+                        {
+                            (base + self.ranks[self.manifest.stages[s].device]) * self.t + k
+                            for s in w.stages
+                        }
+                    )
+                    group = dist.new_group(ranks) if len(ranks) > 1 else None
+                    if replica == self.replica and k == self.tensor_rank:
+                        groups.append((w, ranks, group))
         return groups
 
     def _last_gradient_actions(self) -> dict[int, int]:
@@ -413,6 +433,7 @@ class Rank:
         return {
             "rank": self.rank,
             "replica": self.replica,
+            "tensor_rank": self.tensor_rank,
             "device": self.device,
             "stages": sorted(self.stages),
             "step_ms": self.step_ms,

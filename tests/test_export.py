@@ -16,7 +16,7 @@ import torch
 
 from cost.errors import PipeplanError
 from exporters.bundle import export
-from exporters.manifest import Manifest
+from exporters.manifest import MANIFEST_VERSION, Manifest
 from planner.api import plan
 from planner.config import PlanConfig
 from planner.graph.shapes import ShapeBindings
@@ -235,7 +235,10 @@ def test_cli_export_and_errors(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("export", sample("gpt"), str(plan_file), "-o", str(tmp_path / "b"))
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["manifest_version"] == 2
+    assert (
+        json.loads((tmp_path / "b" / "manifest.json").read_text())["manifest_version"]
+        == MANIFEST_VERSION
+    )
     for args, fragment in [
         (("export", sample("gpt"), str(plan_file), "-o", str(tmp_path / "b")), "exists"),
         (("export", sample("mlp"), str(plan_file), "-o", str(tmp_path / "c")), "another graph"),

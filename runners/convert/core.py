@@ -228,12 +228,15 @@ class Converter:
             self.env[name] = self.graph.placeholder(py_name(name, "input"))
         self.load_initializers()
         for node in g.node:
-            if node.domain not in ("", "ai.onnx"):
+            key = (
+                node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            )
+            if node.domain not in ("", "ai.onnx") and key not in HANDLERS:
                 raise NotImplementedError(
                     f"ONNX op {node.domain}::{node.op_type} (opset {self.opset}) is not "
                     "supported by pipeplan's converter"
                 )
-            handler = HANDLERS.get(node.op_type)
+            handler = HANDLERS.get(key)
             if handler is None:
                 raise NotImplementedError(
                     f"ONNX op {node.op_type} (opset {self.opset}) is not supported by "

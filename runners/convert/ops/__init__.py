@@ -12,11 +12,13 @@ Einsum), :mod:`.norm` (Softmax family, normalization), :mod:`.spatial` (conv, po
 :mod:`.reductions` (Reduce*, ArgMax/ArgMin, CumSum, TopK), :mod:`.indexing`
 (gather/scatter, OneHot, NonZero, Trilu), :mod:`.shapes` (Shape, Reshape, Slice...),
 :mod:`.constants` (Constant, ConstantOfShape, Range), :mod:`.padding` (Pad) and
-:mod:`.resampling` (Resize, Upsample), :mod:`.sequences` (SplitToSequence, SequenceAt). :mod:`.registry` holds ``HANDLERS`` and the
+:mod:`.resampling` (Resize, Upsample), :mod:`.sequences` (SplitToSequence, SequenceAt),
+:mod:`.collectives` (the `pipeplan` domain's AllReduce and CopyToGroup). :mod:`.registry` holds ``HANDLERS`` and the
 ``@op`` decorator; importing this package imports every family, which registers them.
 """
 
 from runners.convert.ops import (  # noqa: F401  (imported to register their handlers)
+    collectives,
     constants,
     elementwise,
     indexing,
