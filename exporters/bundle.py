@@ -117,38 +117,13 @@ def _write_bundle(mg: ModelGraph, plan: Plan, stages, out: Path, source_dir: Pat
         tensor_files: list[TensorRankFile] = []
         sharded: dict[str, ParameterShard] = {}
         if tp > 1:
-            shards = stage_shards(mg, blocks, list(st_plan.nodes), stage.index)
-            sharded = {
-                p: ParameterShard(axis=s.axis, parts=list(s.parts))
-                for p, s in shards.params.items()
-            }
-            whole = stage_model(mg, stage, stage.initializers)  # weights still the source's
-            devices = st_plan.tensor_devices or [st_plan.device] * tp
-            for k in range(tp):
-                rank_name = f"stage_{stage.index}_tp{k}.onnx"
-                proto = shard_stage_model(
-                    whole, mg, shards, tp, k, lambda init: _array(init, source_dir)
-                )
-                inits, wrote, present = relocate_weights(
-                    list(proto.graph.initializer), source_dir, out, f"{rank_name}.data"
-                )
-                present_all = present_all and present
-                del proto.graph.initializer[:]
-                proto.graph.initializer.extend(inits)
-                path = out / rank_name
-                onnx.save(proto, str(path))
-                _check(path, proto, present)
-                tensor_files.append(
-                    TensorRankFile(
-                        tensor_rank=k,
-                        device=devices[k],
-                        file=rank_name,
-                        data_file=f"{rank_name}.data" if wrote else None,
-                        sha256=_sha256(path),
-                    )
-                )
+            tensor_files, sharded, present = _write_tensor_ranks(
+                mg, stage, st_plan, blocks, tp, source_dir, out
+            )
+            present_all = present_all and present
             name, path = tensor_files[0].file, out / tensor_files[0].file
             data_name = f"{name}.data"
+            wrote = tensor_files[0].data_file is not None
         else:
             inits, wrote, present = relocate_weights(stage.initializers, source_dir, out, data_name)
             present_all = present_all and present
@@ -252,6 +227,40 @@ def replica_ranks(plan: Plan) -> list[ReplicaRanks]:
         )
         for k, devs in enumerate(devices)
     ]
+
+
+def _write_tensor_ranks(mg, stage, st_plan, blocks, tp: int, source_dir: Path, out: Path):
+    """A stage's model per tensor-parallel rank (`exporters.shard`), checked and hashed:
+    (their manifest entries, the stage's sharded parameters, whether weights are present)."""
+    shards = stage_shards(mg, blocks, list(st_plan.nodes), stage.index)
+    sharded = {
+        p: ParameterShard(axis=s.axis, parts=list(s.parts)) for p, s in shards.params.items()
+    }
+    whole = stage_model(mg, stage, stage.initializers)  # weights still the source's
+    devices = st_plan.tensor_devices or [st_plan.device] * tp
+    files, present_all = [], True
+    for k in range(tp):
+        rank_name = f"stage_{stage.index}_tp{k}.onnx"
+        proto = shard_stage_model(whole, mg, shards, tp, k, lambda init: _array(init, source_dir))
+        inits, wrote, present = relocate_weights(
+            list(proto.graph.initializer), source_dir, out, f"{rank_name}.data"
+        )
+        present_all = present_all and present
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(inits)
+        path = out / rank_name
+        onnx.save(proto, str(path))
+        _check(path, proto, present)
+        files.append(
+            TensorRankFile(
+                tensor_rank=k,
+                device=devices[k],
+                file=rank_name,
+                data_file=f"{rank_name}.data" if wrote else None,
+                sha256=_sha256(path),
+            )
+        )
+    return files, sharded, present_all
 
 
 def _array(init: onnx.TensorProto, source_dir: Path):

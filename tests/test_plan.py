@@ -186,7 +186,9 @@ def test_does_not_fit_names_the_device_and_the_fewest_devices(tmp_path):
         path.write_text(
             f"name: c{n}\nnodes:\n  - name: n0\n    devices: [{{like: A100-80GB, memory_GB: 0.004, count: {n}}}]\n"
         )
-        return plan(sample("gpt"), str(path), PlanConfig(microbatches=2), ShapeBindings(batch=8))
+        # the fewest devices one pipeline needs (tensor parallelism would shard the weights)
+        config = PlanConfig(microbatches=2, tensor_parallel=1)
+        return plan(sample("gpt"), str(path), config, ShapeBindings(batch=8))
 
     with pytest.raises(DoesNotFitError) as info:
         on(2)

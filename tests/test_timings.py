@@ -15,10 +15,10 @@ from planner.graph.shapes import ShapeBindings
 from tests.test_cli_errors import pipeplan
 
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = ["load", "price", "layers", "problem", "baselines", "milp build", "bound",
+PHASES = ["load", "price", "layers", "tensor", "problem", "baselines", "milp build", "bound",
           "milp solve", "simulate", "assemble"]  # fmt: skip
 #: a chain answered by the dynamic programme: no MILP
-DP_PHASES = ["load", "price", "layers", "problem", "baselines", "chain dp", "simulate",
+DP_PHASES = ["load", "price", "layers", "tensor", "problem", "baselines", "chain dp", "simulate",
              "assemble"]  # fmt: skip
 
 

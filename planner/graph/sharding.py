@@ -263,6 +263,8 @@ class _Finder:
         first = next(t for t in inputs if t in self.shard)
         s = self.shard[first]
         in_shape = self.shape(first)
+        if in_shape is None:
+            raise _Unsharded("input shape unknown")
         if op in ELEMENTWISE:
             return {out: self.elementwise(inputs, out_shape, block)}
         if op == "Transpose":

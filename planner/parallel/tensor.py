@@ -149,6 +149,7 @@ def tensor_job_plan(plan: Plan, cluster: Cluster, layout: TensorLayout) -> Plan:
     )
     return plan.model_copy(
         update={
+            "explanation": [*plan.explanation, *explain_sharding(layout)],
             "cluster": cluster,
             "stages": stages,
             "schedule": schedule,
@@ -158,3 +159,22 @@ def tensor_job_plan(plan: Plan, cluster: Cluster, layout: TensorLayout) -> Plan:
             "tensor_groups": {g[0]: list(g) for v, g in layout.groups.items() if v in used_groups},
         }
     )
+
+
+def explain_sharding(layout: TensorLayout) -> list[str]:
+    """What the groups split and what every device of a group runs whole, and why."""
+    g = layout.graph
+    kinds = [b.kind for b in g.blocks]
+    line = (
+        f"tensor parallel {layout.degree}: {kinds.count('attention')} attention and "
+        f"{kinds.count('mlp')} MLP blocks split over each group"
+    )
+    if not g.unsplit:
+        return [line + "; everything else runs whole on every device of a group"]
+    reasons = list(dict.fromkeys(why for _, why in g.unsplit))
+    return [
+        line
+        + f"; {len(g.unsplit)} candidate block(s) replicated instead: "
+        + "; ".join(reasons[:3])
+        + (f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else "")
+    ]

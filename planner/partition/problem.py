@@ -207,6 +207,88 @@ def _step_tails(
     return tuple(tails), tuple(syncs)
 
 
+def _with_tensor_collectives(
+    tp: TensorParallelGraph,
+    nodes: list[str],
+    fwd: tuple[float, ...],
+    bwd: tuple[float, ...],
+    links: list[LinkSpec],
+    scale: float,
+    training: bool,
+) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """A layer's per-group forward and backward with its tensor-parallel all-reduces added
+    (each one message of the activation's bytes over the group's ring, Megatron's f and
+    g), and those all-reduces alone."""
+    t = tp.degree
+
+    def reduce_s(nbytes: float, link: LinkSpec) -> float:
+        return ring_allreduce_seconds(nbytes, t, link, max(int(nbytes), 1))
+
+    fwd_bytes = [tp.forward_reduce_bytes.get(n, 0) * scale for n in nodes]
+    bwd_bytes = [tp.backward_reduce_bytes.get(n, 0) * scale for n in nodes] if training else []
+    f_comm = [sum(reduce_s(b, link) for b in fwd_bytes if b) for link in links]
+    b_comm = [sum(reduce_s(b, link) for b in bwd_bytes if b) for link in links]
+    return (
+        tuple(f + c for f, c in zip(fwd, f_comm, strict=True)),
+        tuple(b + c for b, c in zip(bwd, b_comm, strict=True)),
+        tuple(f + b for f, b in zip(f_comm, b_comm, strict=True)),
+    )
+
+
+def _flows(mg: ModelGraph, lg: LayerGraph, scale: float) -> dict[str, Flow]:
+    """Every tensor crossing layers: its producer, consumers and bytes at the plan's dtype."""
+    flows: dict[str, Flow] = {}
+    consumers: dict[str, set[int]] = {}
+    producers: dict[str, int] = {}
+    for u, v, data in lg.dag.edges(data=True):
+        for tensor in data["tensors"]:
+            producers[tensor] = u
+            consumers.setdefault(tensor, set()).add(v)
+    for tensor, cons in consumers.items():
+        info = mg.tensors.get(tensor)
+        nbytes = info.nbytes if info is not None else 0
+        is_float = bool(info is not None and info.is_float)
+        flows[tensor] = Flow(
+            tensor,
+            producers[tensor],
+            tuple(sorted(cons)),
+            int(nbytes * scale) if is_float else nbytes,
+            is_float,
+        )
+    return flows
+
+
+def _group_links(cluster: Cluster, groups: list[DeviceGroup]) -> dict[tuple[int, int], LinkSpec]:
+    """The link between devices of every two groups (within a group: two of its devices)."""
+    links = {}
+    for a in groups:
+        for b in groups:
+            if a.index == b.index:
+                if len(a.devices) >= 2:
+                    links[(a.index, b.index)] = cluster.link_between(a.devices[0], a.devices[1])
+            else:
+                links[(a.index, b.index)] = cluster.link_between(a.devices[0], b.devices[0])
+    return links
+
+
+def _cost_and_signature(mg: ModelGraph, tp: TensorParallelGraph | None, node: str):
+    """A node's (cost, signature): a shard's cost is the roofline's (no profile holds it)."""
+    if tp is not None and node in tp.costs:
+        return tp.costs[node], None
+    return mg.cost(node), mg.graph.nodes[node].get("signature")
+
+
+def _activation_bytes(mg: ModelGraph, layer, tp: TensorParallelGraph | None) -> float:
+    """What a layer keeps for backward per micro-batch on one device (1/t of a shard's)."""
+    if tp is None:
+        return layer.activation_bytes
+    return sum(
+        mg.tensors[x].nbytes / (tp.degree if x in tp.sharded_tensors else 1)
+        for x in layer.saved
+        if x in mg.tensors
+    )
+
+
 def build_problem(
     mg: ModelGraph,
     lg: LayerGraph,
@@ -230,20 +312,10 @@ def build_problem(
     groups = device_groups(cluster)
     ring_links = _ring_links(groups, ring)
     tp = tensor if tensor is not None and tensor.degree > 1 else None
-    t = tp.degree if tp is not None else 1
     tp_links = [cluster.node(g.node).link for g in groups]
 
-    def cost_of(n: str):
-        """(cost, signature): a shard's cost is the roofline's (no profile holds it)."""
-        if tp is not None and n in tp.costs:
-            return tp.costs[n], None
-        return mg.cost(n), mg.graph.nodes[n].get("signature")
-
     def share(name: str) -> float:
-        return 1.0 / t if tp is not None and name in tp.sharded_params else 1.0
-
-    def reduce_s(nbytes: float, link: LinkSpec) -> float:
-        return ring_allreduce_seconds(nbytes, t, link, max(int(nbytes), 1))
+        return 1.0 / tp.degree if tp is not None and name in tp.sharded_params else 1.0
 
     shards = ring.zero_shards if ring is not None else 1
     dtype = config.dtype
@@ -259,23 +331,16 @@ def build_problem(
     layers = []
     for layer in lg.layers:
         # (cost, signature) per node: a profiled device's measured times win (cost.roofline)
-        costs = [cost_of(n) for n in layer.nodes]
+        costs = [_cost_and_signature(mg, tp, n) for n in layer.nodes]
         fwd = tuple(sum(forward_seconds(c, g.spec, dtype, sig) for c, sig in costs) for g in groups)
         bwd = tuple(
             sum(backward_seconds(c, g.spec, dtype, sig) for c, sig in costs) for g in groups
         )
         tensor_s: tuple[float, ...] = ()
         if tp is not None:
-            fwd_bytes = [tp.forward_reduce_bytes.get(n, 0) * scale for n in layer.nodes]
-            bwd_bytes = [tp.backward_reduce_bytes.get(n, 0) * scale for n in layer.nodes]
-            f_comm = [sum(reduce_s(b, link) for b in fwd_bytes if b) for link in tp_links]
-            b_comm = [
-                sum(reduce_s(b, link) for b in bwd_bytes if b) if config.training else 0.0
-                for link in tp_links
-            ]
-            fwd = tuple(f + c for f, c in zip(fwd, f_comm, strict=True))
-            bwd = tuple(b + c for b, c in zip(bwd, b_comm, strict=True))
-            tensor_s = tuple(f + b for f, b in zip(f_comm, b_comm, strict=True))
+            fwd, bwd, tensor_s = _with_tensor_collectives(
+                tp, layer.nodes, fwd, bwd, tp_links, scale, config.training
+            )
         if config.recompute and config.training:
             # full recomputation: the stage's forward runs again just before its backward
             # (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"; Korthikanti
@@ -300,13 +365,7 @@ def build_problem(
             int(sum(p.numel * share(p.name) for p in trainable)),
             len(trainable),
         )
-        activations = layer.activation_bytes
-        if tp is not None:
-            activations = sum(
-                (mg.tensors[x].nbytes / t if x in tp.sharded_tensors else mg.tensors[x].nbytes)
-                for x in layer.saved
-                if x in mg.tensors
-            )
+        activations = _activation_bytes(mg, layer, tp)
         layers.append(
             LayerCost(
                 index=layer.index,
@@ -331,32 +390,8 @@ def build_problem(
         state = p.numel * per_param if p.trainable else p.nbytes * scale
         step, sync = _step_tails(groups, config, ring, ring_links, p.numel if p.trainable else 0, 1)
         shared.append(SharedParam(name, tuple(param_layers[name]), int(state), step, sync))
-    flows: dict[str, Flow] = {}
-    consumers: dict[str, set[int]] = {}
-    producers: dict[str, int] = {}
-    for u, v, data in lg.dag.edges(data=True):
-        for tensor in data["tensors"]:
-            producers[tensor] = u
-            consumers.setdefault(tensor, set()).add(v)
-    for tensor, cons in consumers.items():
-        info = mg.tensors.get(tensor)
-        nbytes = info.nbytes if info is not None else 0
-        is_float = bool(info is not None and info.is_float)
-        flows[tensor] = Flow(
-            tensor,
-            producers[tensor],
-            tuple(sorted(cons)),
-            int(nbytes * scale) if is_float else nbytes,
-            is_float,
-        )
-    links = {}
-    for a in groups:
-        for b in groups:
-            if a.index == b.index:
-                if len(a.devices) >= 2:
-                    links[(a.index, b.index)] = cluster.link_between(a.devices[0], a.devices[1])
-            else:
-                links[(a.index, b.index)] = cluster.link_between(a.devices[0], b.devices[0])
+    flows = _flows(mg, lg, scale)
+    links = _group_links(cluster, groups)
     edges = sorted(lg.dag.edges())
     return Problem(
         layers,
