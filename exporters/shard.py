@@ -19,9 +19,13 @@ Two operators of the `pipeplan` domain (version 1) join the shards, Megatron's f
 * `pipeplan.AllReduce(x) -> y`: the all-reduce (sum) of x over the group forward; backward,
   identity. It follows each row linear (before its bias).
 
-Both have the attribute `group` = "tensor". `emulate_group` joins the t rank models into
-one ONNX model in which AllReduce is a `Sum` of the ranks' partial results and CopyToGroup
-an `Identity`: onnxruntime then runs the whole group in one process, which is how the
+* `pipeplan.AllGather(x) -> y` (attribute `axis`): forward, the ranks' x concatenated
+  along `axis` in rank order; backward, this rank's slice of the gradient. It ends a head
+  split over the vocabulary (Megatron's vocabulary-parallel output layer, gathered).
+
+All have the attribute `group` = "tensor". `emulate_group` joins the t rank models into
+one ONNX model in which AllReduce is a `Sum` of the ranks' partial results, AllGather a
+`Concat` and CopyToGroup an `Identity`: onnxruntime then runs the whole group in one process, which is how the
 tests prove a sharded stage computes what the unsharded one does.
 """
 
@@ -43,6 +47,7 @@ DOMAIN = "pipeplan"
 DOMAIN_VERSION = 1
 ALL_REDUCE = "AllReduce"
 COPY_TO_GROUP = "CopyToGroup"
+ALL_GATHER = "AllGather"
 #: the ops that only re-label a weight: a sharded view is the view of a sharded parameter
 _VIEW_OPS = ("Identity", "Cast", "Transpose")
 
@@ -178,8 +183,9 @@ def shard_stage_model(
     # shapes of sharded tensors
     sharded = {name: ax for b in shards.blocks for name, ax in b.tensors.items()}
     sharded |= shards.views
+    gathered = {y for b in shards.blocks for y in b.gathers}
     for vi in g.value_info:
-        if vi.name in sharded and vi.type.tensor_type.HasField("shape"):
+        if vi.name in sharded and vi.name not in gathered and vi.type.tensor_type.HasField("shape"):
             axis, size = sharded[vi.name]
             vi.type.tensor_type.shape.dim[axis].dim_value = size // t
     by_output = {n.output[0]: n for n in g.node if n.output}
@@ -187,6 +193,17 @@ def shard_stage_model(
     before: dict[str, list[onnx.NodeProto]] = {}  # output of a node -> nodes to put first
     after: dict[str, list[onnx.NodeProto]] = {}
     for b in shards.blocks:
+        for y in b.gathers:
+            axis, _ = sharded[y]
+            node = next(n for n in g.node if y in n.output)
+            piece = f"{y}__shard"
+            node.output[list(node.output).index(y)] = piece
+            after.setdefault(piece, []).append(
+                helper.make_node(
+                    ALL_GATHER, [piece], [y], domain=DOMAIN, group="tensor", axis=axis,
+                    name=f"{y}/AllGather",
+                )
+            )  # fmt: skip
         for name in b.nodes:
             node = by_output[mg.graph.nodes[name]["outputs"][0]]
             _rewrite_static_shapes(node, mg, sharded, t, new_inits, f"{name}__tp{t}")
@@ -307,9 +324,14 @@ def emulate_group(models: list[onnx.ModelProto]) -> onnx.ModelProto:
             del copy.output[:]
             copy.output.extend(rename(k, o) for o in node.output)
             copy.name = f"tp{k}/{node.name}"
-            if node.domain == DOMAIN and node.op_type == ALL_REDUCE:
-                copy.op_type, copy.domain = "Sum", ""
+            if node.domain == DOMAIN and node.op_type in (ALL_REDUCE, ALL_GATHER):
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
                 del copy.attribute[:]
+                if node.op_type == ALL_REDUCE:
+                    copy.op_type, copy.domain = "Sum", ""
+                else:
+                    copy.op_type, copy.domain = "Concat", ""
+                    copy.attribute.append(helper.make_attribute("axis", axis))
                 copy.input.extend(rename(j, node.input[0]) for j in range(len(models)))
             else:
                 copy.input.extend(rename(k, i) for i in node.input)

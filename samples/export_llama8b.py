@@ -34,6 +34,12 @@ LLAMA3_8B = dict(
 )
 
 
+#: Llama-3-70B's published sizes (the rest as 8B's): `--size 70b`.
+LLAMA3_70B = dict(
+    hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64
+)
+
+
 def build_meta_llama(layers: int | None = None, **overrides):
     """`LlamaForCausalLM` with Llama-3-8B's config on the meta device (no memory)."""
     import torch
@@ -67,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=2048, help="sequence length (tokens)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--layers", type=int, default=None, help="override the 32 blocks")
+    parser.add_argument(
+        "--size", choices=["8b", "70b"], default="8b", help="70b: Llama-3-70B's sizes"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -74,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     from exporters.from_torch import export_weightless
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    model = logits_only(build_meta_llama(args.layers))
+    sizes = LLAMA3_70B if args.size == "70b" else {}
+    model = logits_only(build_meta_llama(args.layers, **sizes))
     params = sum(p.numel() for p in model.parameters())
     ids = torch.zeros(args.batch, args.seq, dtype=torch.int64)
     started = time.perf_counter()

@@ -35,9 +35,10 @@ def test_gpt_sample_has_an_attention_and_an_mlp_block_per_layer():
     assert set(attention.heads) == {4}  # 4 heads of 16
     assert attention.why_not(3) == "heads 4 not divisible by 3"
     assert valid[1].why_not(3) == "width 256 not divisible by 3"
-    # the LM head feeds the graph output: reported, not split
+    # the LM head is tied to the embedding: reported, not split
     head = [b for b in blocks if not b.valid]
-    assert len(head) == 1 and "graph output logits" in head[0].problem
+    assert len(head) == 1 and head[0].kind == "vocabulary"
+    assert "weight lm_head.weight is also read outside the block (tied" in head[0].problem
 
 
 def test_a_normalisation_over_the_split_axis_stops_a_block(tmp_path):
@@ -96,7 +97,7 @@ def test_transformers_blocks_are_found_in_both_exporters(tmp_path, exporter):
         path = corpus.export(corpus.build(name), exporter, tmp_path / f"{name}.onnx")
         found[name] = find_blocks(load_graph(path, ShapeBindings(batch=2)))
     llama = [b for b in found["llama"] if b.valid]
-    assert [b.kind for b in llama] == ["attention", "mlp"] * 2
+    assert [b.kind for b in llama] == ["attention", "mlp"] * 2 + ["vocabulary"]  # untied head
     assert set(llama[0].heads) == {4, 2}  # 4 query heads, 2 KV heads
     assert llama[0].why_not(2) == "" and llama[0].why_not(4) == "heads 2 not divisible by 4"
     assert len(llama[1].columns) == 2  # gate and up projections (SwiGLU)

@@ -38,6 +38,7 @@ from planner.config import PlanConfig
 from planner.graph.inspect import load_model
 from planner.graph.load import load_graph
 from planner.graph.shapes import ShapeBindings
+from planner.graph.sharding import find_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT = ROOT / "samples" / "models" / "gpt.onnx"
@@ -182,6 +183,48 @@ def test_sharded_grouped_query_attention_and_swiglu(tmp_path, dynamo):
     assert _worst_difference(ranks, whole) <= TOLERANCE
     # 2 KV heads do not split 4 ways: the attention block is left whole, the MLP still splits
     assert [b.kind for b in shardable_blocks(mg, 4)] == ["mlp"]
+
+
+class TinyLM(torch.nn.Module):
+    """Embedding, norm and an untied LM head."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(32, 16)
+        self.norm = torch.nn.LayerNorm(16)
+        self.head = torch.nn.Linear(16, 64, bias=False)
+
+    def forward(self, ids):
+        return self.head(self.norm(self.embed(ids)))
+
+
+def test_a_head_split_over_the_vocabulary_is_gathered(tmp_path):
+    """An untied LM head: each rank computes its slice of the logits, AllGather joins them."""
+    path = _export(
+        TinyLM(),
+        (torch.zeros(2, 8, dtype=torch.int64),),
+        tmp_path / "lm.onnx",
+        dynamo=False,
+    )
+    mg, shards, ranks, whole = _shard_whole_model(path, 4)
+    assert [b.kind for b in shards.blocks] == ["vocabulary"]
+    assert any(n.op_type == "AllGather" for n in ranks[0].graph.node)
+    assert _worst_difference(ranks, whole) <= TOLERANCE
+
+
+def test_a_head_tied_to_the_embedding_is_reported_not_split():
+    """The gpt sample ties its head to the embedding (the dynamo export keeps the tie): the
+    head stays whole, and the plan says why."""
+    mg = load_graph(GPT, ShapeBindings(batch=2))
+    head = [b for b in find_blocks(mg) if b.kind == "vocabulary"]
+    assert (
+        len(head) == 1 and "lm_head.weight is also read outside the block (tied" in head[0].problem
+    )
+    p = plan(
+        GPT, CPU4, PlanConfig(tensor_parallel=2, stages=1, data_parallel=1), ShapeBindings(batch=2)
+    )
+    line = next(x for x in p.explanation if x.startswith("tensor parallel 2:"))
+    assert "4 attention and 4 MLP blocks split" in line and "lm_head.weight is also read" in line
 
 
 def test_gpt_sample_stages_of_a_real_plan_reproduce_the_unsharded_stages(tmp_path):

@@ -10,7 +10,8 @@ whole. Operators outside the blocks are replicated: each device runs them whole.
 The group exchanges, per block and micro-batch (Megatron's g and f operators):
 
 * forward, after each row linear: an all-reduce of its output (the partial sums);
-* backward, for each tensor the block's columns read: an all-reduce of its gradient.
+* backward, for each tensor the block's columns read: an all-reduce of its gradient;
+* forward, for a head split over the vocabulary: an all-gather of the logits.
 
 The bytes of each are recorded here; `planner.partition.problem` prices them on the
 group's link (`cost.collectives.ring_allreduce_seconds`). Memory per device: the block's
@@ -47,6 +48,9 @@ class TensorParallelGraph:
     #: first column operator reading a tensor -> bytes of that tensor's gradient,
     #: all-reduced in backward
     backward_reduce_bytes: dict[str, int] = field(default_factory=dict)
+    #: operator writing a vocabulary-split graph output -> the output's bytes, all-gathered
+    #: in forward
+    forward_gather_bytes: dict[str, int] = field(default_factory=dict)
     #: blocks that do not split t ways, each with why
     unsplit: list[tuple[Block, str]] = field(default_factory=list)
 
@@ -68,8 +72,9 @@ def tensor_parallel_graph(
         return out
     protos = dict(zip(unique_node_names(mg.model.graph.node), mg.model.graph.node, strict=True))
     axes: dict[str, int] = {}
+    gathered = {y for b in ok for y in b.gathers}
     for b in ok:
-        axes.update({t: a for t, (a, _) in b.tensors.items()})
+        axes.update({t: a for t, (a, _) in b.tensors.items() if t not in gathered})
         axes.update(b.params)
         for view, _ in b.params.items():
             out.sharded_params |= mg.weights.sources.get(view, frozenset({view}))
@@ -80,6 +85,9 @@ def tensor_parallel_graph(
         for row in b.rows:
             info = mg.tensors.get(mg.graph.nodes[row]["outputs"][0])
             out.forward_reduce_bytes[row] = info.nbytes if info is not None else 0
+        for y in b.gathers:
+            writer = next(n for n in b.nodes if y in mg.graph.nodes[n]["outputs"])
+            out.forward_gather_bytes[writer] = mg.tensors[y].nbytes
         seen: set[str] = set()
         for col in b.columns:
             x = mg.graph.nodes[col]["inputs"][0]

@@ -28,7 +28,13 @@ or Gemm whose weight is a parameter or a view of one, `ModelGraph.weights`):
 Anything else that meets a sharded tensor (a normalisation over the sharded axis, a
 graph output, an operator not listed) makes the block unshardable, with the reason. A
 block can be split t ways when t divides the size of every axis it shards (heads, KV
-heads, the MLP's width). Embedding and LM-head vocabulary splits are not recognised.
+heads, the MLP's width).
+
+A column whose split output is a graph output (an LM head over the vocabulary, Megatron's
+vocabulary-parallel head) is a block of its own: each device computes its slice of the
+logits and the group all-gathers them. An embedding (a Gather) is not split. A weight the
+block would split that is also read outside it (a head tied to the embedding) makes the
+block unshardable: one copy cannot be both split and whole.
 """
 
 from __future__ import annotations
@@ -72,20 +78,25 @@ class Block:
     parts: list[int] = field(default_factory=list)
     #: the replicated tensors the columns read (their gradients are all-reduced)
     column_inputs: list[str] = field(default_factory=list)
+    #: graph outputs the block computes split on their last axis (an LM head split over
+    #: the vocabulary): all-gathered whole (forward), their gradient sliced (backward)
+    gathers: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
-        return "attention" if self.heads else "mlp"
+        if self.heads:
+            return "attention"
+        return "vocabulary" if self.gathers else "mlp"
 
     @property
     def valid(self) -> bool:
-        return not self.problem and bool(self.rows)
+        return not self.problem and bool(self.rows or self.gathers)
 
     def why_not(self, t: int) -> str:
         """'' when the block splits t ways, else why not."""
         if self.problem:
             return self.problem
-        if not self.rows:
+        if not self.rows and not self.gathers:
             return "no row-parallel linear closes it"
         bad = sorted(s for s in self.sizes if s % t)
         if bad:
@@ -142,6 +153,7 @@ class _Finder:
             a.tensors |= b.tensors
             a.parts += b.parts
             a.column_inputs += [t for t in b.column_inputs if t not in a.column_inputs]
+            a.gathers += b.gathers
         return keep
 
     def fail(self, block: int, node: str, why: str) -> None:
@@ -171,10 +183,33 @@ class _Finder:
             self.visit(node)
         for out in self.mg.outputs:
             s = self.shard.get(out)
-            if s is not None:
-                b = self.blocks[self.root(s.block)]
+            if s is None:
+                continue
+            b = self.blocks[self.root(s.block)]
+            shape = self.shape(out)
+            if out in self.poisoned or b.rows or shape is None or s.axis != len(shape) - 1:
                 b.problem = b.problem or f"graph output {out} would be sharded"
-        return [b for i, b in enumerate(self.blocks) if self.root(i) == i]
+            else:  # a head split over its outputs (the vocabulary): gathered at the end
+                b.gathers.append(out)
+        blocks = [b for i, b in enumerate(self.blocks) if self.root(i) == i]
+        for b in blocks:
+            b.problem = b.problem or self.tied(b)
+        return blocks
+
+    def tied(self, b: Block) -> str:
+        """Why not, when a weight the block would split is also read outside it (a head
+        tied to the embedding): one copy cannot be both split and whole."""
+        inside = set(b.nodes)
+        for view in b.params:
+            for p in self.mg.weights.sources.get(view, frozenset({view})):
+                outside = [
+                    n
+                    for n in self.mg.params[p].consumers
+                    if n not in inside and not self.mg.graph.nodes[n]["weight_derived"]
+                ] if p in self.mg.params else []  # fmt: skip
+                if outside:
+                    return f"weight {p} is also read outside the block (tied to {outside[0]})"
+        return ""
 
     def visit(self, node: str) -> None:
         d = self.mg.graph.nodes[node]

@@ -224,9 +224,17 @@ def _with_tensor_collectives(
     def reduce_s(nbytes: float, link: LinkSpec) -> float:
         return ring_allreduce_seconds(nbytes, t, link, max(int(nbytes), 1))
 
+    def gather_s(nbytes: float, link: LinkSpec) -> float:
+        return ring_allgather_seconds(nbytes, t, link, max(int(nbytes), 1))
+
+    gathers = [tp.forward_gather_bytes.get(n, 0) * scale for n in nodes]
     fwd_bytes = [tp.forward_reduce_bytes.get(n, 0) * scale for n in nodes]
     bwd_bytes = [tp.backward_reduce_bytes.get(n, 0) * scale for n in nodes] if training else []
-    f_comm = [sum(reduce_s(b, link) for b in fwd_bytes if b) for link in links]
+    f_comm = [
+        sum(reduce_s(b, link) for b in fwd_bytes if b)
+        + sum(gather_s(b, link) for b in gathers if b)
+        for link in links
+    ]
     b_comm = [sum(reduce_s(b, link) for b in bwd_bytes if b) for link in links]
     return (
         tuple(f + c for f, c in zip(fwd, f_comm, strict=True)),

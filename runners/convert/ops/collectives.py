@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from runners.convert.core import NodeCtx
 from runners.convert.ops.registry import op
-from runners.tensor_parallel import all_reduce, copy_to_group
+from runners.tensor_parallel import all_gather, all_reduce, copy_to_group
 
 
 @op("pipeplan.AllReduce")
@@ -16,3 +16,8 @@ def _all_reduce(c: NodeCtx):
 @op("pipeplan.CopyToGroup")
 def _copy_to_group(c: NodeCtx):
     return c.call(copy_to_group, c.val(0))
+
+
+@op("pipeplan.AllGather")
+def _all_gather(c: NodeCtx):
+    return c.call(all_gather, c.val(0), int(c.attr("axis", -1)))
