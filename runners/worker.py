@@ -22,6 +22,14 @@ the global batch). `zero: 1` steps through `torch.distributed.optim.ZeroRedundan
 (ZeRO-1, Rajbhandari et al. SC 2020): each rank keeps optimizer state for a shard of its
 parameters and broadcasts its updated shard.
 
+Tensor parallelism (`manifest.tensor_parallel` = t, world size r x p x t): each stage runs
+on a group of t consecutive ranks, rank = (replica x p + position) x t + tensor rank
+(Megatron-LM's order: a group's ranks are neighbours). The mesh is (dp, pp, tp); a rank
+converts its own shard of each stage (`StageFile.tensor_files`), whose `pipeplan`
+collectives run over its "tp" group (`runners.tensor_parallel`); its pipeline peers are
+the same tensor rank of the neighbouring stages' groups, its dp group the same stage and
+tensor rank in every replica.
+
 A rank that fails writes `errors/rank<r>.txt` (one line) before exiting non-zero; the
 launcher turns that into the run's one-line error. A NaN or infinite loss is a failure.
 """

@@ -45,6 +45,11 @@ class ShardingRow(BaseModel):
     layers: list[str] = Field(description="the layers its nodes belong to")
     columns: list[str] = Field(description="column-parallel linears (output split)")
     rows: list[str] = Field(description="row-parallel linears (input split, all-reduced)")
+    gathers: list[str] = Field(
+        default_factory=list,
+        description="graph outputs computed split on their last axis and all-gathered (a head "
+        "split over the vocabulary)",
+    )
     heads: list[int] = Field(default_factory=list, description="head counts it splits")
     sizes: list[int] = Field(description="every sharded axis' size (t must divide each)")
     splits: bool = Field(description="whether it splits t ways")
@@ -191,6 +196,7 @@ def tensor_parallel_report(mg: ModelGraph, lg: LayerGraph, t: int) -> TensorPara
                 layers=list(dict.fromkeys(layer_of[n] for n in block.nodes if n in layer_of)),
                 columns=block.columns,
                 rows=block.rows,
+                gathers=block.gathers,
                 heads=sorted(set(block.heads)),
                 sizes=sorted(block.sizes),
                 splits=not reason,

@@ -68,7 +68,9 @@ def print_sharding(tp, console: Console) -> None:
         table.add_row(
             b.kind,
             layers if b.layers else "-",
-            f"{len(b.columns)} -> {len(b.rows)}",
+            f"{len(b.columns)} -> {len(b.rows)}"
+            if b.rows or not b.gathers
+            else f"{len(b.columns)} -> gather",
             ",".join(map(str, b.heads)) or "-",
             si(b.params),
             "yes" if b.splits else f"no: {b.reason}",
@@ -148,12 +150,14 @@ def print_plan(plan, output: str | None = None, console: Console | None = None) 
         f"{cfg.optimizer}{', recompute' if cfg.recompute else ''}, objective {cfg.objective}"
     )
     lay = plan.layout
-    if lay.data_parallel > 1:
+    if lay.data_parallel > 1 or lay.tensor_parallel > 1:
+        tensor = f" x tensor parallel {lay.tensor_parallel}" if lay.tensor_parallel > 1 else ""
         console.print(
-            f"layout: [bold]{lay.data_parallel} replicas x {lay.pipeline_stages} "
-            f"stage{'s' if lay.pipeline_stages != 1 else ''}[/]"
+            f"layout: [bold]{lay.data_parallel} replica{'s' if lay.data_parallel != 1 else ''} x "
+            f"{lay.pipeline_stages} stage{'s' if lay.pipeline_stages != 1 else ''}{tensor}[/]"
             f"{', ZeRO-1' if lay.zero else ''}; global batch {lay.global_batch} ({lay.batch}); "
-            f"each replica on {lay.shape}; stages of replica 0 below"
+            f"{lay.devices_used} devices; stages of replica 0 below"
+            + (" (device: the first of its group)" if lay.tensor_parallel > 1 else "")
         )
     table = Table(header_style="bold")
     for col in (
@@ -171,7 +175,8 @@ def print_plan(plan, output: str | None = None, console: Console | None = None) 
         mark = " *" if st.bottleneck else ""
         table.add_row(
             f"{st.index}{mark}",
-            f"{st.device} {st.device_kind}",
+            f"{st.device} {st.device_kind}"
+            + (f" (+{st.tensor_parallel - 1})" if st.tensor_parallel > 1 else ""),
             _short_layers(st.layers),
             f"{st.forward_ms:.3f}",
             f"{st.backward_ms:.3f}",
@@ -218,7 +223,8 @@ def print_manifest(manifest, bundle: str, console: Console | None = None) -> Non
         table.add_row(
             str(st.index),
             st.file,
-            f"{st.device} {st.device_kind}",
+            f"{st.device} {st.device_kind}"
+            + (f" (+{st.tensor_parallel - 1})" if st.tensor_parallel > 1 else ""),
             str(st.nodes),
             si(st.param_count),
             ", ".join(t.name for t in st.inputs)[:48],
@@ -277,6 +283,11 @@ def print_run(
         + (
             f"{result.data_parallel} replicas{' (ZeRO-1)' if result.zero else ''} x "
             if result.data_parallel > 1
+            else ""
+        )
+        + (
+            f"tensor parallel {result.tensor_parallel}, "
+            if getattr(result, "tensor_parallel", 1) > 1
             else ""
         )
         + f"{result.microbatches} x {result.microbatch_size} samples per step, {result.steps} steps"
