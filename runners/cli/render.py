@@ -222,9 +222,9 @@ def print_manifest(manifest, bundle: str, console: Console | None = None) -> Non
     for st in manifest.stages:
         table.add_row(
             str(st.index),
-            st.file,
+            st.file + (f" (+{len(st.tensor_files) - 1} shards)" if st.tensor_files else ""),
             f"{st.device} {st.device_kind}"
-            + (f" (+{st.tensor_parallel - 1})" if st.tensor_parallel > 1 else ""),
+            + (f" (+{len(st.tensor_files) - 1})" if st.tensor_files else ""),
             str(st.nodes),
             si(st.param_count),
             ", ".join(t.name for t in st.inputs)[:48],
