@@ -72,6 +72,7 @@ class Row(BaseModel):
         0, description="pipeline stages per replica (interleaved: model chunks, several per device)"
     )
     replicas: int = Field(0, description="data-parallel replicas")
+    tensor_parallel: int = Field(1, description="devices per stage (its tensor-parallel group)")
     devices_used: int = Field(0, description="devices running stages, all replicas (rest idle)")
     layout: str = Field("", description="the replica shape, e.g. '2 x (4x H100-80GB ...)'")
     schedule: str = ""
@@ -142,9 +143,11 @@ class LayoutResult:
 
     @property
     def used_devices(self) -> list[str]:
-        """Ids of the devices running a stage, all replicas."""
+        """Ids of the devices running a stage, all replicas (every device of a
+        tensor-parallel group)."""
         replicas = self.plan.replicas or [[s.device for s in self.plan.stages]]
-        return list(dict.fromkeys(d for rep in replicas for d in rep))
+        groups = self.plan.tensor_groups
+        return list(dict.fromkeys(m for rep in replicas for d in rep for m in groups.get(d, [d])))
 
     @property
     def devices_used(self) -> int:
@@ -174,7 +177,8 @@ class LayoutResult:
     @property
     def description(self) -> str:
         lay = self.plan.layout
-        return f"{lay.data_parallel} x ({lay.shape})" if lay.shape else ""
+        tensor = f", tensor parallel {lay.tensor_parallel}" if lay.tensor_parallel > 1 else ""
+        return f"{lay.data_parallel} x ({lay.shape}){tensor}" if lay.shape else ""
 
 
 class _Planner:
@@ -236,6 +240,7 @@ def _row(scenario: Scenario, result: LayoutResult | None, failure: str, note: st
         update={
             "stages": stages,
             "replicas": result.replicas,
+            "tensor_parallel": p.layout.tensor_parallel,
             "devices_used": len(used),
             "idle_devices": [d for d in cluster.device_ids() if d not in used],
             "cost_per_hour": price,

@@ -158,7 +158,12 @@ def table_rows(report: "WhatIfReport") -> tuple[list[str], list[list[str]]]:
                 if row.fits
                 else f"- / {row.devices}",
                 "yes" if row.fits else "no",
-                f"{row.stages} x {row.replicas}" if row.fits else "-",
+                (
+                    f"{row.stages} x {row.replicas}"
+                    + (f" (tp {row.tensor_parallel})" if row.tensor_parallel > 1 else "")
+                )
+                if row.fits
+                else "-",
                 _num(row.throughput_samples_per_s) if row.fits else "0",
                 _num(row.speedup, "{:.2f}x"),
                 (
