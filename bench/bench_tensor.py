@@ -24,21 +24,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_parallel import _planned  # noqa: E402  (median planning time, one-line errors)
 from plan_matrix import CLUSTERS  # noqa: E402
 
 from cost.cluster import cluster_from_dict  # noqa: E402
-from cost.errors import DoesNotFitError, PipeplanError  # noqa: E402
-from planner.api import plan_graph  # noqa: E402
 from planner.config import PlanConfig  # noqa: E402
 from planner.graph.inspect import load_model  # noqa: E402
 from planner.graph.shapes import ShapeBindings  # noqa: E402
@@ -64,22 +61,6 @@ def model_path(name: str, cache: Path) -> Path:
             cwd=ROOT,
         )
     return path
-
-
-def _planned(mg, lg, cluster, config, repeat: int):
-    times, p, error = [], None, ""
-    for _ in range(repeat):
-        started = time.perf_counter()
-        try:
-            p = plan_graph(mg, lg, cluster, config, ShapeBindings(batch=1))
-        except DoesNotFitError as exc:
-            error = "does not fit: " + str(exc).splitlines()[0][:60]
-        except PipeplanError as exc:
-            error = str(exc).splitlines()[0][:80]
-        times.append(time.perf_counter() - started)
-        if error:
-            break
-    return p, statistics.median(times), error
 
 
 def _summary(p) -> dict:
