@@ -21,6 +21,7 @@ from cost.tensor import dtype_name
 from exporters.manifest import (
     Manifest,
     ParameterShard,
+    RankEntry,
     Relay,
     ReplicaRanks,
     SharedWeight,
@@ -207,7 +208,30 @@ def _write_bundle(mg: ModelGraph, plan: Plan, stages, out: Path, source_dir: Pat
         zero=plan.layout.zero,
         tensor_parallel=tp,
         replicas=replicas,
+        rank_map=rank_map(plan, replicas, tp),
     )
+
+
+def rank_map(plan: Plan, replicas: list[ReplicaRanks], tp: int) -> list[RankEntry]:
+    """Every rank: (replica, tensor rank, device, stages), from each replica's stage ranks
+    (a stage's tensor rank k runs at its rank + k, on the k-th device of its group)."""
+    entries: dict[int, RankEntry] = {}
+    for rep in replicas:
+        for stage, (device, first) in enumerate(zip(rep.devices, rep.ranks, strict=True)):
+            group = plan.tensor_groups.get(device, [device] * tp)
+            for k in range(tp):
+                entry = entries.setdefault(
+                    first + k,
+                    RankEntry(
+                        rank=first + k,
+                        replica=rep.replica,
+                        tensor_rank=k,
+                        device=group[k],
+                        stages=[],
+                    ),
+                )
+                entry.stages.append(stage)
+    return [entries[r] for r in sorted(entries)]
 
 
 def replica_ranks(plan: Plan) -> list[ReplicaRanks]:

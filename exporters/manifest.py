@@ -104,6 +104,17 @@ class ReplicaRanks(BaseModel):
     ranks: list[int] = Field(description="rank of each stage, in stage order")
 
 
+class RankEntry(BaseModel):
+    """What one rank of the job runs: its replica, its tensor-parallel rank, its device
+    and its stages (several with an interleaved schedule)."""
+
+    rank: int
+    replica: int
+    tensor_rank: int = 0
+    device: str
+    stages: list[int]
+
+
 class SharedWeight(BaseModel):
     name: str
     stages: list[int] = Field(
@@ -146,6 +157,12 @@ class Manifest(BaseModel):
         description="per replica, each stage's device and rank (rank = replica x devices per "
         "pipeline + the device's position); the schedule's actions are keyed by replica 0's "
         "devices and every replica runs them",
+    )
+
+    rank_map: list[RankEntry] = Field(
+        default_factory=list,
+        description="every rank of the job (world size entries, rank order): replica, "
+        "tensor rank, device, stages",
     )
 
     @property

@@ -99,6 +99,10 @@ class Rank:
         self.replica, position = divmod(group_rank, self.p)
         self.device_of_rank = {r: d for d, r in self.ranks.items()}
         self.device = self.device_of_rank[position]  # replica 0's id: the actions' key
+        if self.manifest.rank_map:  # the exporter's word on this rank must agree
+            entry = self.manifest.rank_map[self.rank]
+            if (entry.replica, entry.tensor_rank) != (self.replica, self.tensor_rank):
+                raise RuntimeError(f"rank {self.rank}: the manifest's rank_map disagrees")
         base = self.replica * self.p
         # pipeline peers: the same tensor-parallel rank of the neighbouring stages' groups
         self.stage_rank = {

@@ -236,6 +236,12 @@ def test_gpt_sample_stages_of_a_real_plan_reproduce_the_unsharded_stages(tmp_pat
     assert p.layout.tensor_parallel == 2 and all(len(s.tensor_devices) == 2 for s in p.stages)
     manifest = export(GPT, p, tmp_path / "bundle")
     assert manifest.world_size == 4 and manifest.tensor_parallel == 2
+    assert [(e.rank, e.replica, e.tensor_rank, e.device, e.stages) for e in manifest.rank_map] == [
+        (0, 0, 0, "n0.0", [0]),
+        (1, 0, 1, "n0.1", [0]),
+        (2, 0, 0, "n0.2", [1]),
+        (3, 0, 1, "n0.3", [1]),
+    ]
     mg = load_graph(GPT, ShapeBindings(batch=2))
     wholes = whole_stage_models(mg, p)
     for st, whole in zip(manifest.stages, wholes, strict=True):
