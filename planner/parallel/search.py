@@ -37,13 +37,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from cost.cluster import Cluster
 from cost.collectives import DEFAULT_BUCKET_BYTES, ReplicaRing
 from cost.errors import PipeplanError
 from planner.config import PlanConfig
 from planner.parallel.replicas import ReplicaLayout, replica_layouts, slowest_ring_link
+from planner.parallel.tensor import TensorLayout
 from planner.partition.bounds import lower_bound
 from planner.partition.problem import Problem
 from planner.partition.search import Split
@@ -57,9 +57,9 @@ class LayoutOption:
     layout: ReplicaLayout
     ring: ReplicaRing | None
     config: PlanConfig
-    #: its tensor-parallel degree's `planner.parallel.tensor.TensorLayout` (None: t = 1);
-    #: `layout` is then a layout of the grouped cluster
-    tensor: Any = None
+    #: its tensor-parallel degree's groups and sharded pricing (None: t = 1); `layout` is
+    #: then a layout of the grouped cluster
+    tensor: TensorLayout | None = None
 
     @property
     def replicas(self) -> int:
