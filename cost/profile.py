@@ -12,6 +12,8 @@ operator's `signature` (`cost.signature.op_signature`)::
            send_blocking_us, send_blocking_GBps}   # CPU time a send holds its caller
     optimizer: {adam: {per_tensor_us, per_param_ns}, sgd: ..., momentum: ...}
     ops: {<signature>: {op_type, forward_s, backward_s, dtype: fp32, model}}
+    families: {<family>: {forward: {fixed_us, gflops, gbps}, backward: {...}, dtype,
+               points, median_error, max_error, held_out_error}}   # cost.families
     overhead: {forward_call_s, backward_call_s}   # subtracted from every op time
     fit: {...}                                     # how the figures were fitted, residuals
     measurements: {gemm: [...], conv: [...], elementwise: [...], pingpong: [...], ...}
@@ -30,7 +32,9 @@ Where profiles are used:
   (`device_spec_input`);
 * a link `{profile: cpu.yaml}` becomes the profile's measured link (`link_spec_input`);
 * `cost.roofline` uses a profile's measured time for an operator whose signature it
-  holds, at the dtype it was measured in (`measured_op`), instead of the roofline;
+  holds, at the dtype it was measured in (`measured_op`), instead of the roofline; an
+  operator it does not hold is priced by its family's fitted law (`family_fit`,
+  `cost.families`) where the profile has one, and only then by the roofline;
 * `cost.optimizer` uses its measured optimizer step (`measured_optimizer`).
 
 Relative profile paths resolve against the cluster file's folder. Loading is cached on
@@ -110,6 +114,42 @@ class OpTiming(BaseModel):
     model: str | None = None
 
 
+class FamilyLaw(BaseModel):
+    """One direction (forward or backward) of a family's fitted time law
+    `t = fixed + flops / (gflops 1e9) + bytes / (gbps 1e9)` (`cost.families`); a rate of 0
+    means the term was not needed (its contribution is 0)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    fixed_us: NonNegative = 0.0
+    gflops: NonNegative = 0.0
+    gbps: NonNegative = 0.0
+
+    def seconds(self, flops: float, nbytes: float) -> float:
+        t = self.fixed_us * 1e-6
+        if self.gflops > 0:
+            t += flops / (self.gflops * 1e9)
+        if self.gbps > 0:
+            t += nbytes / (self.gbps * 1e9)
+        return t
+
+
+class FamilyFit(BaseModel):
+    """A family's forward and backward laws, fitted to a microbenchmark sweep, with their
+    errors: `median_error` / `max_error` over the sweep's points, `held_out_error` the
+    median error on points left out of the fit (every third shape)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    forward: FamilyLaw
+    backward: FamilyLaw
+    dtype: Dtype = "fp32"
+    points: int = 0
+    median_error: NonNegative = 0.0
+    max_error: NonNegative = 0.0
+    held_out_error: NonNegative = 0.0
+
+
 class Profile(BaseModel):
     """A calibration profile; see the module docstring."""
 
@@ -120,6 +160,7 @@ class Profile(BaseModel):
     link: ProfileLink | None = None
     ops: dict[str, OpTiming] = Field(default_factory=dict)
     optimizer: dict[str, OptimizerFit] = Field(default_factory=dict)
+    families: dict[str, FamilyFit] = Field(default_factory=dict)
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     overhead: dict[str, float] = Field(default_factory=dict)
     fit: dict[str, Any] = Field(default_factory=dict)
@@ -277,6 +318,25 @@ def measured_op(profile_path: str | None, signature: str | None, dtype: str) -> 
     if timing is None or timing.dtype != dtype:
         return None
     return timing
+
+
+def family_fit(profile_path: str | None, signature: str | None, dtype: str) -> FamilyFit | None:
+    """The profile's fit of the family of `signature` (`cost.families`) at `dtype`, or
+    None (no profile, no fit for that family, another dtype)."""
+    if not profile_path or not signature:
+        return None
+    try:
+        profile = load_profile(profile_path)
+    except PipeplanError:
+        return None
+    if not profile.families:
+        return None
+    from cost.families import family_of
+
+    fit = profile.families.get(family_of(signature) or "")
+    if fit is None or fit.dtype != dtype:
+        return None
+    return fit
 
 
 def measured_optimizer(profile_path: str | None, optimizer: str) -> OptimizerFit | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from cost.devices import DeviceSpec
 from cost.opcost import OpCost
-from cost.profile import measured_op
+from cost.profile import family_fit, measured_op
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2}
 BACKWARD_TRAFFIC_FACTOR = 2.0
@@ -61,6 +61,9 @@ def forward_seconds(
         return measured.forward_s
     if cost.kind == "free":
         return 0.0
+    fit = family_fit(device.profile, signature, dtype)
+    if fit is not None and not cost.estimated:
+        return fit.forward.seconds(cost.flops, cost.bytes_moved)
     matrix = cost.kind == "compute"
     compute = compute_seconds(cost.flops, device, dtype, matrix)
     memory = memory_seconds(cost.bytes_moved * dtype_bytes_scale(dtype), device)
@@ -77,6 +80,9 @@ def backward_seconds(
         return measured.backward_s
     if cost.kind == "free":
         return 0.0
+    fit = family_fit(device.profile, signature, dtype)
+    if fit is not None and not cost.estimated:
+        return fit.backward.seconds(cost.backward_flops, cost.bytes_moved)
     matrix = cost.kind == "compute"
     # Each gradient product is a separate kernel of about forward size.
     kernels = BACKWARD_KERNELS if matrix and cost.backward_flops > cost.flops else 1

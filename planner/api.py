@@ -31,6 +31,7 @@ from planner.partition.problem import Problem, build_problem
 from planner.partition.search import Split, find_split
 from planner.plan_file import Plan
 from planner.simulate.choose import TimedPipeline, choose_schedule
+from planner.sources import missing_family_warnings, pricing_sources
 
 #: `--microbatches auto` tries at most this many micro-batches.
 MAX_AUTO_MICROBATCHES = 64
@@ -117,6 +118,16 @@ def plan_graph(
         job = job_plan(replica, tensor.cluster if tensor else cluster, best, trials, mb)
         if tensor is not None:
             job = tensor_job_plan(job, cluster, tensor)
+        sources = pricing_sources(
+            mg, job.stages, cluster, config.dtype, config.training,
+            set(tensor.graph.costs) if tensor is not None else set(),
+        )  # fmt: skip
+        job = job.model_copy(
+            update={
+                "pricing": sources.model_dump(),
+                "warnings": [*job.warnings, *missing_family_warnings(sources)],
+            }
+        )
         if skipped and len(config.tensor_degrees) > 1:
             job = job.model_copy(
                 update={"explanation": [*job.explanation, *(f"not tried: {s}" for s in skipped)]}

@@ -291,6 +291,12 @@ class Plan(BaseModel):
     baselines: list[BaselineRow] = Field(default_factory=list)
     explanation: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    pricing: dict = Field(
+        default_factory=dict,
+        description="where the predicted operator times come from (`planner.sources`): "
+        "operators and share of predicted compute per source (measured, family, roofline), "
+        "and the families a profiled device had no fit for",
+    )
 
 
 def plan_bindings(plan: Plan) -> ShapeBindings:

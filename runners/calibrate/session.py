@@ -92,6 +92,7 @@ def calibrate(
     extend: Profile | None = None,
     progress: Progress | None = None,
     note: str = "",
+    families: bool = True,
 ) -> Profile:
     """Measure the local `device` ('cpu' or 'cuda') and return a fitted `Profile`.
 
@@ -100,13 +101,17 @@ def calibrate(
     vendor fp32 peak, to split the fitted rate into peak and efficiency
     (`runners.calibrate.fits`). `pipeline`: with 2 or more, run each model as a pipeline of
     that many local processes (`runners.calibrate.probe`) and scale its operators to the
-    times measured there. `progress(what, done, total)` is called before each measurement.
+    times measured there. `families`: sweep every operator family and fit its time law
+    (`runners.calibrate.families`), so that operators never timed are priced from their
+    family. `progress(what, done, total)` is called before each measurement.
     """
     _check_arguments(device, threads, peak_tflops, concurrency, pipeline)
     cal = _start(device, models, quick, threads, context, concurrency, extend, note)
     steps: list[Step] = []
     if extend is None:
         steps += microbenchmark_steps(cal.timer, cal.results)
+        if families:
+            steps += _family_steps(cal, quick)
         if link:
             steps.append(_link_step(cal))
     if models:
@@ -143,6 +148,7 @@ class _Calibration:
     optimizer: dict = field(default_factory=dict)
     measurements: dict = field(default_factory=dict)
     overhead: dict = field(default_factory=dict)
+    families: dict = field(default_factory=dict)
 
     def profile(self) -> Profile:
         """The profile of what is fitted so far (the operators as they stand)."""
@@ -151,6 +157,7 @@ class _Calibration:
             link=self.link,
             ops=self.model_ops.ops,
             optimizer=self.optimizer,
+            families=self.families,
             models=self.model_ops.reports,
             overhead=self.overhead,
             fit=self.fit,
@@ -215,6 +222,27 @@ def _start(
     )
 
 
+def _family_steps(cal: _Calibration, quick: bool) -> list[Step]:
+    """One step per operator family: its sweep, timed as a model's operators are."""
+    from runners.calibrate.families import SWEPT, measure_family
+
+    op_timer = cal.model_ops.op_timer
+    points: dict[str, list] = cal.results.setdefault("families", {})
+
+    def overhead() -> None:
+        op_timer.measure_overhead()
+
+    def sweep(family: str) -> Callable[[], None]:
+        def run() -> None:
+            points[family] = [list(p) for p in measure_family(family, op_timer.time_node, quick)]
+
+        return run
+
+    return [("operator call overhead", overhead)] + [
+        (f"family sweep: {family}", sweep(family)) for family in SWEPT
+    ]
+
+
 def _link_step(cal: _Calibration) -> Step:
     """The link ping-pong: gloo, or NCCL on 2+ GPUs."""
     backend = "nccl" if cal.dev.type == "cuda" and torch.cuda.device_count() >= 2 else "gloo"
@@ -248,6 +276,7 @@ def _fit(cal: _Calibration, peak_tflops: float | None, timed_models: bool) -> No
         cal.device, cal.link, cal.fit = extend.device, extend.link, dict(extend.fit)
         cal.optimizer = dict(extend.optimizer)
         cal.measurements = dict(extend.measurements)
+        cal.families = dict(extend.families)
     else:
         results = cal.results
         name = _device_name(cal.dev, cal.threads, cal.machine)
@@ -258,6 +287,10 @@ def _fit(cal: _Calibration, peak_tflops: float | None, timed_models: bool) -> No
             )
         cal.optimizer, cal.fit["optimizer"] = fit_optimizer(results["optimizer"])
         cal.measurements = dict(results)
+        if results.get("families"):
+            from runners.calibrate.families import fit_family
+
+            cal.families = {f: fit_family(pts) for f, pts in results["families"].items() if pts}
     cal.model_ops.finish()
     cal.overhead = dict(extend.overhead) if extend is not None else {}
     if timed_models:
@@ -344,6 +377,14 @@ def profile_summary(profile: Profile) -> list[tuple[str, str]]:
         fit = profile.optimizer["adam"]
         rows.append(
             ("Adam step", f"{fit.per_tensor_us:.3g} us/tensor + {fit.per_param_ns:.3g} ns/param")
+        )
+    if profile.families:
+        held = sorted(profile.families.items(), key=lambda kv: kv[0])
+        rows.append(
+            (
+                "family fits (held-out error)",
+                ", ".join(f"{name} {fit.held_out_error:.0%}" for name, fit in held),
+            )
         )
     rows.append(("operators", str(len(profile.ops))))
     for key, report in profile.models.items():

@@ -75,6 +75,14 @@ def calibrate(
     no_link: Annotated[
         bool, typer.Option("--no-link", help="Skip the two-process link ping-pong.")
     ] = False,
+    no_families: Annotated[
+        bool,
+        typer.Option(
+            "--no-families",
+            help="Skip the per-family operator sweeps (operators never timed are then "
+            "priced by the roofline alone).",
+        ),
+    ] = False,
     no_context: Annotated[
         bool,
         typer.Option(
@@ -120,6 +128,7 @@ def calibrate(
             extend=base,
             progress=lambda what, done, total: update(done, total, what),
             note=note,
+            families=not no_families,
         )
     save_profile(profile, out, header=_header(profile, quick))
     for failure in profile.fit.get("op_failures", []):

@@ -202,6 +202,21 @@ def print_plan(plan, output: str | None = None, console: Console | None = None) 
                 for b in plan.baselines
             )
         )
+    pricing = plan.pricing or {}
+    share = pricing.get("share", {})
+    if share and (share.get("measured") or share.get("family")):
+        console.print(
+            "pricing: "
+            + ", ".join(
+                f"{share.get(k, 0):.0%} {label}"
+                for k, label in (
+                    ("measured", "measured"),
+                    ("family", "family fits"),
+                    ("roofline", "roofline"),
+                )
+            )  # fmt: skip
+            + " of the predicted compute"
+        )
     for line in plan.explanation:
         console.print(f"- {line}")
     routes = plan.routing.forward
