@@ -91,6 +91,12 @@ def test_quick_profile_is_valid(profile_path: Path) -> None:
     assert profile.threads == 1  # OMP_NUM_THREADS=1
     assert profile.torch_version and profile.created
     assert profile.machine["cpus"] >= 1
+    # every operator family was swept and fitted (runners.calibrate.families)
+    from runners.calibrate.families import SWEPT
+
+    assert set(profile.families) == set(SWEPT)
+    for fit in profile.families.values():
+        assert fit.points >= 3 and fit.forward.seconds(1e6, 1e6) > 0
     # every operator of the MLP was timed, forward and backward, at fp32
     from planner.graph.load import load_graph
     from planner.graph.shapes import ShapeBindings

@@ -3,7 +3,7 @@
 Layers, each importing only those below it: `cost` < `planner` < `exporters` < `runners`
 (`runners.cli`, the command line, is the one place that imports everything, and it sits
 in the top layer). Inside `planner` the data path is layered too (`PLANNER_PATH`): graph ->
-partition -> schedule -> plan file -> simulate -> assemble -> api -> whatif. Every `import` and `from ... import`
+partition -> schedule -> plan file -> simulate -> sources -> assemble -> api -> whatif. Every `import` and `from ... import`
 statement is read from the source (AST), function-level imports included, so a lazy
 import cannot hide a back-edge.
 """
@@ -29,6 +29,7 @@ PLANNER_PATH = (
     "planner.schedule",
     "planner.plan_file",
     "planner.simulate",
+    "planner.sources",
     "planner.assemble",
     "planner.parallel",
     "planner.api",

@@ -76,12 +76,7 @@ def calibrate(
         bool, typer.Option("--no-link", help="Skip the two-process link ping-pong.")
     ] = False,
     no_families: Annotated[
-        bool,
-        typer.Option(
-            "--no-families",
-            help="Skip the per-family operator sweeps (operators never timed are then "
-            "priced by the roofline alone).",
-        ),
+        bool, typer.Option("--no-families", help="Skip the per-family operator sweeps.")
     ] = False,
     no_context: Annotated[
         bool,
