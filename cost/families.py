@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import re
 
+from cost.ops import KNOWN_OPS
+
 FAMILIES = (
     "conv-k1", "conv-k3", "conv-k5+", "conv-depthwise", "conv-grouped", "gemm", "pool-max",
     "pool-avg", "norm-batch", "norm-layer", "softmax", "reduce", "concat", "eltwise",
@@ -84,8 +86,6 @@ def family_of(signature: str | None) -> str | None:
         return "concat"
     if op in _MOVEMENT:
         return "movement"
-    from cost.ops import KNOWN_OPS
-
     return "eltwise" if op in KNOWN_OPS else None
 
 

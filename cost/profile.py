@@ -53,6 +53,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cost.errors import PipeplanError
+from cost.families import family_of
 from cost.fields import Dtype, Fraction, NonNegative, Positive, format_validation_error
 from cost.files import parse_yaml, read_text, write_text_atomic
 
@@ -331,8 +332,6 @@ def family_fit(profile_path: str | None, signature: str | None, dtype: str) -> F
         return None
     if not profile.families:
         return None
-    from cost.families import family_of
-
     fit = profile.families.get(family_of(signature) or "")
     if fit is None or fit.dtype != dtype:
         return None

@@ -40,7 +40,6 @@ from onnx import helper, numpy_helper
 
 from cost.errors import PipeplanError
 from planner.graph.load import ModelGraph
-from planner.graph.onnx_io import unique_node_names
 from planner.graph.sharding import Block, find_blocks
 
 DOMAIN = "pipeplan"
@@ -117,10 +116,11 @@ def stage_shards(mg: ModelGraph, blocks: list[Block], nodes: list[str], stage: i
             mine.append(b)
     params: dict[str, ParamShard] = {}
     views: dict[str, tuple[int, int]] = {}
+    producers = {o: n for n, d in mg.graph.nodes(data=True) for o in d["outputs"]}
     for b in mine:
         for tensor, axis in b.params.items():
             full = mg.tensors[tensor].shape[axis]
-            chain = _weight_source(mg, tensor, axis)
+            chain = _weight_source(mg, producers, tensor, axis)
             source, source_axis = chain[-1]
             views.update((v, (a, full)) for v, a in chain[:-1])
             parts = tuple(b.parts) if b.parts and sum(b.parts) == full else (full,)
@@ -131,11 +131,11 @@ def stage_shards(mg: ModelGraph, blocks: list[Block], nodes: list[str], stage: i
     return StageShards(mine, params, views)
 
 
-def _weight_source(mg: ModelGraph, tensor: str, axis: int) -> list[tuple[str, int]]:
+def _weight_source(
+    mg: ModelGraph, producers: dict[str, str], tensor: str, axis: int
+) -> list[tuple[str, int]]:
     """The views from `tensor` back to the initializer it comes from, each with the axis
-    `axis` maps to there (the initializer last)."""
-    producers = {o: n for n, d in mg.graph.nodes(data=True) for o in d["outputs"]}
-    protos = dict(zip(unique_node_names(mg.model.graph.node), mg.model.graph.node, strict=True))
+    `axis` maps to there (the initializer last); `producers`: tensor -> graph node."""
     chain = [(tensor, axis)]
     while tensor not in mg.params:
         node = producers.get(tensor)
@@ -143,7 +143,7 @@ def _weight_source(mg: ModelGraph, tensor: str, axis: int) -> list[tuple[str, in
         if d is None or d["op_type"] not in _VIEW_OPS:
             raise PipeplanError(f"weight {tensor} is computed in a way that cannot be sharded")
         if d["op_type"] == "Transpose":
-            attrs = {a.name: helper.get_attribute_value(a) for a in protos[node].attribute}
+            attrs = {a.name: helper.get_attribute_value(a) for a in mg.proto(node).attribute}
             rank = len(mg.tensors[tensor].shape)
             perm = list(attrs.get("perm") or range(rank)[::-1])
             axis = perm[axis]

@@ -94,6 +94,11 @@ class ModelGraph:
             n for n, d in self.graph.nodes(data=True) if not d["folded"] and not d["weight_derived"]
         ]
 
+    def proto(self, node: str) -> onnx.NodeProto:
+        """The ONNX node behind graph node `node` (its planner name may differ from the
+        proto's: unnamed nodes are `<op>_<index>`)."""
+        return self.model.graph.node[self.graph.nodes[node]["order"]]
+
     def cost(self, node: str) -> OpCost:
         return self.graph.nodes[node]["cost"]
 

@@ -27,7 +27,7 @@ from cost.opcost import OpCost, OpNode
 from cost.ops import op_cost
 from cost.tensor import TensorInfo
 from planner.graph.load import ModelGraph
-from planner.graph.onnx_io import decode_attributes, unique_node_names
+from planner.graph.onnx_io import decode_attributes
 from planner.graph.sharding import Block, find_blocks
 
 
@@ -70,7 +70,6 @@ def tensor_parallel_graph(
     )
     if degree == 1 or not ok:
         return out
-    protos = dict(zip(unique_node_names(mg.model.graph.node), mg.model.graph.node, strict=True))
     axes: dict[str, int] = {}
     gathered = {y for b in ok for y in b.gathers}
     for b in ok:
@@ -81,7 +80,7 @@ def tensor_parallel_graph(
     out.sharded_tensors = set(axes)
     for b in ok:
         for name in b.nodes:
-            out.costs[name] = _shard_cost(mg, protos[name], name, axes, degree)
+            out.costs[name] = _shard_cost(mg, mg.proto(name), name, axes, degree)
         for row in b.rows:
             info = mg.tensors.get(mg.graph.nodes[row]["outputs"][0])
             out.forward_reduce_bytes[row] = info.nbytes if info is not None else 0

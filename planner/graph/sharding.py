@@ -119,7 +119,6 @@ def _attrs(proto: onnx.NodeProto) -> dict:
 class _Finder:
     def __init__(self, mg: ModelGraph):
         self.mg = mg
-        self.protos = {n.name: n for n in mg.model.graph.node}
         self.shard: dict[str, _Shard] = {}
         self.blocks: list[Block] = []
         self.parent: list[int] = []
@@ -172,7 +171,7 @@ class _Finder:
         shape = self.shape(w)
         if shape is None or len(shape) != 2:
             return None
-        if d["op_type"] == "Gemm" and _attrs(self.protos[node]).get("transB", 0):
+        if d["op_type"] == "Gemm" and _attrs(self.mg.proto(node)).get("transB", 0):
             return shape[1], shape[0]
         return shape[0], shape[1]
 
@@ -243,9 +242,9 @@ class _Finder:
     def weight_axis(self, node: str, contracted: bool) -> int:
         """The axis of a linear's weight tensor that holds its output (or, `contracted`,
         its input) features."""
-        trans_b = self.mg.graph.nodes[node]["op_type"] == "Gemm" and _attrs(self.protos[node]).get(
-            "transB", 0
-        )
+        trans_b = self.mg.graph.nodes[node]["op_type"] == "Gemm" and _attrs(
+            self.mg.proto(node)
+        ).get("transB", 0)
         return int(bool(trans_b) == contracted)
 
     def new_block(self, node: str, width: int) -> None:
@@ -285,7 +284,7 @@ class _Finder:
             return
         self.blocks[block].rows.append(node)  # output: the all-reduced sum, replicated
         self.blocks[block].params[d["inputs"][1]] = self.weight_axis(node, contracted=True)
-        a = _attrs(self.protos[node]) if d["op_type"] == "Gemm" else {}
+        a = _attrs(self.mg.proto(node)) if d["op_type"] == "Gemm" else {}
         if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
             self.fail(block, node, "a row Gemm with transA, alpha or beta")
 
@@ -303,7 +302,7 @@ class _Finder:
         if op in ELEMENTWISE:
             return {out: self.elementwise(inputs, out_shape, block)}
         if op == "Transpose":
-            perm = _attrs(self.protos[node]).get("perm") or list(range(len(in_shape)))[::-1]
+            perm = _attrs(self.mg.proto(node)).get("perm") or list(range(len(in_shape)))[::-1]
             return {out: _Shard(list(perm).index(s.axis), s.size, block)}
         if op == "Reshape":
             return {out: self.reshape(in_shape, out_shape, s, block)}
@@ -323,7 +322,7 @@ class _Finder:
         raise _Unsharded("operator not known to keep a split")
 
     def axes(self, node: str, d: dict, rank: int) -> set[int]:
-        a = _attrs(self.protos[node])
+        a = _attrs(self.mg.proto(node))
         if "axis" in a:
             return {a["axis"] % rank}
         if "axes" in a:
@@ -381,7 +380,7 @@ class _Finder:
         op = d["op_type"]
         rank = len(in_shape)
         if op == "Concat":
-            axis = _attrs(self.protos[node])["axis"] % rank
+            axis = _attrs(self.mg.proto(node))["axis"] % rank
             if axis == s.axis or any(t not in self.shard for t in inputs):
                 raise _Unsharded("concatenates along the sharded axis or with replicated data")
             return {d["outputs"][0]: s}
@@ -390,7 +389,7 @@ class _Finder:
             if s.axis in axes:
                 raise _Unsharded("slices the sharded axis")
             return {d["outputs"][0]: s}
-        axis = _attrs(self.protos[node]).get("axis", 0) % rank
+        axis = _attrs(self.mg.proto(node)).get("axis", 0) % rank
         outs = {}
         for t in d["outputs"]:
             shape = self.shape(t)

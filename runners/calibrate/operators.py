@@ -36,7 +36,7 @@ def single_node_model(mg, node_name: str):
     from onnx import helper, numpy_helper
 
     data = mg.graph.nodes[node_name]
-    proto = mg.model.graph.node[data["order"]]
+    proto = mg.proto(node_name)
     roles = _roles(data, len(proto.input))
     inputs, inits, seen = [], [], set()
     for tensor, role in zip(proto.input, roles, strict=True):
@@ -198,7 +198,7 @@ class OpTimer:
         model = single_node_model(mg, node_name)
         gm = convert(model, weights="random").to(self.timer.device)
         data = mg.graph.nodes[node_name]
-        proto = mg.model.graph.node[data["order"]]
+        proto = mg.proto(node_name)
         roles = _roles(data, len(proto.input))
         by_name: dict[str, torch.Tensor] = {}
         for pos, (tensor, role) in enumerate(zip(proto.input, roles, strict=True)):
