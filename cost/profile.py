@@ -14,6 +14,8 @@ operator's `signature` (`cost.signature.op_signature`)::
     ops: {<signature>: {op_type, forward_s, backward_s, dtype: fp32, model}}
     families: {<family>: {forward: {fixed_us, gflops, gbps}, backward: {...}, dtype,
                points, median_error, max_error, held_out_error}}   # cost.families
+    in_model: {forward_node_us, backward_node_us, source, models: {<model>: [f, b]},
+               held_out_error: {<model>: error}}   # runners.calibrate.in_model
     overhead: {forward_call_s, backward_call_s}   # subtracted from every op time
     fit: {...}                                     # how the figures were fitted, residuals
     measurements: {gemm: [...], conv: [...], elementwise: [...], pingpong: [...], ...}
@@ -34,7 +36,9 @@ Where profiles are used:
 * `cost.roofline` uses a profile's measured time for an operator whose signature it
   holds, at the dtype it was measured in (`measured_op`), instead of the roofline; an
   operator it does not hold is priced by its family's fitted law (`family_fit`,
-  `cost.families`) where the profile has one, and only then by the roofline;
+  `cost.families`) where the profile has one, and only then by the roofline; both of
+  those (and zero-cost operators) pay the profile's `in_model` cost per operator where it
+  has one (`in_model_fit`);
 * `cost.optimizer` uses its measured optimizer step (`measured_optimizer`).
 
 Relative profile paths resolve against the cluster file's folder. Loading is cached on
@@ -151,6 +155,27 @@ class FamilyFit(BaseModel):
     held_out_error: NonNegative = 0.0
 
 
+class InModelFit(BaseModel):
+    """What operators cost inside a model (and a pipeline rank) beyond their isolated time:
+    every operator the profile prices by a family law or the roofline (and every
+    zero-cost one: a reshape, a view) pays `forward_node_us` forward and `backward_node_us`
+    backward per micro-batch (measured operators carry their own model's correction).
+    Fitted by `runners.calibrate.in_model` as the median over `models` (key -> [forward,
+    backward] excess per operator, us: measured in-model time less the sum of isolated
+    operator times, over the operators); `held_out_error`: per model, the relative error
+    of its forward + backward time predicted from the family laws and the other models'
+    medians (leave one model out)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    forward_node_us: NonNegative = 0.0
+    backward_node_us: NonNegative = 0.0
+    #: "pipeline": from pipeline probes; "whole": from whole-model timings only
+    source: str = "pipeline"
+    models: dict[str, list[float]] = Field(default_factory=dict)
+    held_out_error: dict[str, float] = Field(default_factory=dict)
+
+
 class Profile(BaseModel):
     """A calibration profile; see the module docstring."""
 
@@ -162,6 +187,7 @@ class Profile(BaseModel):
     ops: dict[str, OpTiming] = Field(default_factory=dict)
     optimizer: dict[str, OptimizerFit] = Field(default_factory=dict)
     families: dict[str, FamilyFit] = Field(default_factory=dict)
+    in_model: InModelFit | None = None
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     overhead: dict[str, float] = Field(default_factory=dict)
     fit: dict[str, Any] = Field(default_factory=dict)
@@ -336,6 +362,16 @@ def family_fit(profile_path: str | None, signature: str | None, dtype: str) -> F
     if fit is None or fit.dtype != dtype:
         return None
     return fit
+
+
+def in_model_fit(profile_path: str | None) -> InModelFit | None:
+    """The profile's in-model cost per operator, or None (no profile, none fitted, no file)."""
+    if not profile_path:
+        return None
+    try:
+        return load_profile(profile_path).in_model
+    except PipeplanError:
+        return None
 
 
 def measured_optimizer(profile_path: str | None, optimizer: str) -> OptimizerFit | None:

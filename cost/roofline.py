@@ -17,14 +17,18 @@ writes input and weight gradients: about twice the forward traffic, and two kern
 Measured times win: on a device with a calibration profile (`DeviceSpec.profile`, see
 `cost.profile`) that holds the operator's `signature` (`cost.signature.op_signature`)
 measured at the plan's dtype, `forward_seconds` and `backward_seconds` return the measured
-times; every other operator gets the roofline with the profile's fitted figures.
+times; every other operator gets its family's fitted law (`cost.families`) where the
+profile has one, else the roofline with the profile's fitted figures, plus the profile's
+in-model cost per operator (`Profile.in_model`: inside a model and a pipeline rank every
+operator, a zero-cost reshape too, takes longer than the isolated operators the laws were
+fitted on).
 """
 
 from __future__ import annotations
 
 from cost.devices import DeviceSpec
 from cost.opcost import OpCost
-from cost.profile import family_fit, measured_op
+from cost.profile import family_fit, in_model_fit, measured_op
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2}
 BACKWARD_TRAFFIC_FACTOR = 2.0
@@ -59,6 +63,13 @@ def forward_seconds(
     measured = measured_op(device.profile, signature, dtype)
     if measured is not None:
         return measured.forward_s
+    return alone_forward_seconds(cost, device, dtype, signature) + _in_model(device, "forward")
+
+
+def alone_forward_seconds(
+    cost: OpCost, device: DeviceSpec, dtype: str = "fp32", signature: str | None = None
+) -> float:
+    """Forward time of an operator run alone: its family's law, else the roofline."""
     if cost.kind == "free":
         return 0.0
     fit = family_fit(device.profile, signature, dtype)
@@ -70,6 +81,14 @@ def forward_seconds(
     return max(compute, memory) + device.launch_overhead_us * 1e-6
 
 
+def _in_model(device: DeviceSpec, direction: str) -> float:
+    """Seconds an operator takes in a model beyond its isolated time (0 without a fit)."""
+    fit = in_model_fit(device.profile)
+    if fit is None:
+        return 0.0
+    return 1e-6 * (fit.forward_node_us if direction == "forward" else fit.backward_node_us)
+
+
 def backward_seconds(
     cost: OpCost, device: DeviceSpec, dtype: str = "fp32", signature: str | None = None
 ) -> float:
@@ -78,6 +97,13 @@ def backward_seconds(
     measured = measured_op(device.profile, signature, dtype)
     if measured is not None:
         return measured.backward_s
+    return alone_backward_seconds(cost, device, dtype, signature) + _in_model(device, "backward")
+
+
+def alone_backward_seconds(
+    cost: OpCost, device: DeviceSpec, dtype: str = "fp32", signature: str | None = None
+) -> float:
+    """Backward time of an operator run alone: its family's law, else the roofline."""
     if cost.kind == "free":
         return 0.0
     fit = family_fit(device.profile, signature, dtype)

@@ -6,7 +6,8 @@ there (`family`, `cost.families`), or the roofline of the device's figures (`roo
 devices without a profile, operators whose family the profile did not fit, tensor-parallel
 shards). `pricing_sources` counts the operators of each and their share of the predicted
 compute time (forward + backward in training), and names the families a profiled device
-lacked, so a user knows how much of a prediction rests on measurements.
+lacked, so a user knows how much of a prediction rests on measurements; `in_model` gives
+each profiled device's in-model cost per operator, added to the family and roofline prices.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from cost.cluster import Cluster
 from cost.families import family_of
-from cost.profile import family_fit, measured_op
+from cost.profile import family_fit, in_model_fit, measured_op
 from cost.roofline import backward_seconds, forward_seconds
 from planner.graph.load import ModelGraph
 from planner.plan_file import StagePlan
@@ -37,6 +38,11 @@ class PricingSources(BaseModel):
         description="families a profiled device has no fit for -> operators priced by the "
         "roofline instead",
     )
+    in_model: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="device -> [forward, backward] us its profile adds to every operator "
+        "priced by a family law or the roofline (runners.calibrate.in_model)",
+    )
 
 
 def pricing_sources(
@@ -52,8 +58,12 @@ def pricing_sources(
     ops: Counter = Counter()
     seconds: Counter = Counter()
     missing: Counter = Counter()
+    costs: dict[str, list[float]] = {}
     for st in stages:
         device = cluster.device(st.device)
+        fit = in_model_fit(device.profile)
+        if fit is not None:
+            costs[st.device] = [fit.forward_node_us, fit.backward_node_us]
         for node in st.nodes:
             cost = mg.cost(node)
             if cost.kind == "free":
@@ -77,6 +87,7 @@ def pricing_sources(
         operators={s: ops[s] for s in SOURCES},
         share={s: (seconds[s] / total if total else 0.0) for s in SOURCES},
         missing_families=dict(sorted(missing.items())),
+        in_model=costs,
     )
 
 

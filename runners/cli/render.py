@@ -216,6 +216,7 @@ def print_plan(plan, output: str | None = None, console: Console | None = None) 
                 )
             )  # fmt: skip
             + " of the predicted compute"
+            + _in_model_note(pricing.get("in_model") or {})
         )
     for line in plan.explanation:
         console.print(f"- {line}")
@@ -364,3 +365,17 @@ def print_timings(phases: dict[str, float], wall_s: float, *, stderr: bool = Fal
                   f"{other / wall_s:.0%}" if wall_s else "-")  # fmt: skip
     table.add_row("total", f"{wall_s:.3f}", "100%", style="bold")
     console.print(table)
+
+
+def _in_model_note(costs: dict) -> str:
+    """' (fits and roofline +30 us forward, +25 us backward per operator in a model)'."""
+    if not costs:
+        return ""
+
+    def span(v: set[float]) -> str:
+        lo, hi = min(v), max(v)
+        return f"+{lo:.3g}" if lo == hi else f"+{lo:.3g}-{hi:.3g}"
+
+    fwd = {f for f, _ in costs.values()}
+    bwd = {b for _, b in costs.values()}
+    return f" (fits and roofline {span(fwd)} us forward, {span(bwd)} us backward per operator in a model)"
