@@ -53,6 +53,8 @@ def profile_path(tmp_path_factory) -> Path:
     result = pipeplan("calibrate", "--quick", "--model", str(MLP), "--batch", "4", "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert out.exists()
+    # the summary prints each calibrated model's leave-one-out error (runners.calibrate.in_model)
+    assert "held-out model error" in result.stdout and "mlp" in result.stdout
     return out
 
 
@@ -109,8 +111,21 @@ def test_quick_profile_is_valid(profile_path: Path) -> None:
     )
     gemms = [t for t in profile.ops.values() if t.op_type == "Gemm"]
     assert gemms and all(t.forward_s > 0 for t in gemms)
-    (report,) = profile.models.values()
+    report = profile.models["mlp.onnx batch=4"]
     assert report["timed_operators"] == report["operators"] == len(mg.op_nodes)
+    # the calibrator's own networks were timed whole: the in-model factor over all three
+    # models, each held out once (no probe: whole-model ratios)
+    from runners.calibrate.networks import NETWORKS
+
+    keys = {f"{name}.onnx batch={batch}" for name, batch in NETWORKS.items()}
+    assert keys < set(profile.models)
+    fit = profile.in_model
+    assert (
+        fit is not None and fit.source == "whole" and set(fit.models) == keys | {"mlp.onnx batch=4"}
+    )
+    assert fit.forward_node_us >= 0 and fit.backward_node_us >= 0
+    assert set(fit.held_out_error) == set(fit.models)
+    assert all(profile.models[k]["alone_forward_s"] > 0 for k in fit.models)
     # raw points are kept
     assert profile.measurements["gemm_fp32"] and profile.measurements["pingpong"]
 
@@ -434,6 +449,7 @@ def test_calibrate_with_a_pipeline_probe(tmp_path: Path) -> None:
         "16",
         "--pipeline",
         "2",
+        "--no-networks",
         "-o",
         str(out),
         timeout=600,

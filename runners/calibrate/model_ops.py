@@ -40,7 +40,7 @@ class ModelRequest:
     bindings: ShapeBindings = field(default_factory=ShapeBindings)
 
 
-def _model_key(req: ModelRequest) -> str:
+def model_key(req: ModelRequest) -> str:
     b = req.bindings
     parts = [Path(req.path).name]
     if b.batch is not None:
@@ -80,7 +80,7 @@ class ModelOps:
         steps: list[tuple[str, Callable[[], None]]] = []
         for req in requests:
             mg = load_graph(req.path, req.bindings)
-            key = _model_key(req)
+            key = model_key(req)
             whole: dict = {}
             self.runs.append((req, mg, whole))
             first = len(steps)
@@ -163,7 +163,7 @@ class ModelOps:
     def apply_probe(self, req: ModelRequest, mg, profile: Profile, stages: int) -> bool:
         """Run `req` as a pipeline (`runners.calibrate.probe`) and scale the operators this
         calibration owns for it by the measured forward and backward factors."""
-        key = _model_key(req)
+        key = model_key(req)
         report = self.reports.setdefault(key, {})
         try:
             probe = run_probe(profile, req.path, req.bindings, stages=stages)
@@ -210,7 +210,7 @@ class ModelOps:
     def finish(self) -> None:
         """Spread each model's context excess over its new operators by bytes allocated."""
         for req, mg, whole in self.runs:
-            key = _model_key(req)
+            key = model_key(req)
             call = self.overheads.get(key, self.op_timer.overhead)
             nodes = [d for _, d in mg.graph.nodes(data=True) if not d["folded"]]
             times = [self._isolated_of(d["signature"]) for d in nodes]

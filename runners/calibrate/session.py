@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +28,11 @@ from pathlib import Path
 import torch
 
 from cost.errors import PipeplanError
-from cost.profile import Profile, ProfileDevice, ProfileLink
+from cost.profile import InModelFit, Profile, ProfileDevice, ProfileLink
 from runners.calibrate.fits import fit_device, fit_link, fit_optimizer
 from runners.calibrate.link import measure_link
 from runners.calibrate.microbench import microbenchmark_steps
-from runners.calibrate.model_ops import ModelOps, ModelRequest
+from runners.calibrate.model_ops import ModelOps, ModelRequest, model_key
 from runners.calibrate.operators import OpTimer
 from runners.calibrate.probe import fit_pipeline_latency, fit_send_blocking
 from runners.calibrate.timing import Sizes, Timer
@@ -93,6 +94,7 @@ def calibrate(
     progress: Progress | None = None,
     note: str = "",
     families: bool = True,
+    networks: bool = True,
 ) -> Profile:
     """Measure the local `device` ('cpu' or 'cuda') and return a fitted `Profile`.
 
@@ -103,9 +105,39 @@ def calibrate(
     that many local processes (`runners.calibrate.probe`) and scale its operators to the
     times measured there. `families`: sweep every operator family and fit its time law
     (`runners.calibrate.families`), so that operators never timed are priced from their
-    family. `progress(what, done, total)` is called before each measurement.
+    family. `networks`: also time the calibrator's own networks
+    (`runners.calibrate.networks`) to fit the in-model cost that scales operators priced
+    by a law or the roofline (`runners.calibrate.in_model`; not with `extend`, which keeps
+    its profile's networks). `progress(what, done, total)` is called before each
+    measurement.
     """
     _check_arguments(device, threads, peak_tflops, concurrency, pipeline)
+    with tempfile.TemporaryDirectory(prefix="pipeplan-networks-") as tmp:
+        if networks and extend is None:
+            from runners.calibrate.networks import export_networks
+
+            models = [*export_networks(tmp), *models]
+        return _calibrate(
+            device, models, quick, threads, peak_tflops, link, context, concurrency,
+            pipeline, extend, progress, note, families,
+        )  # fmt: skip
+
+
+def _calibrate(
+    device: str,
+    models: Sequence[ModelRequest],
+    quick: bool,
+    threads: int | None,
+    peak_tflops: float | None,
+    link: bool,
+    context: bool,
+    concurrency: int,
+    pipeline: int,
+    extend: Profile | None,
+    progress: Progress | None,
+    note: str,
+    families: bool,
+) -> Profile:
     cal = _start(device, models, quick, threads, context, concurrency, extend, note)
     steps: list[Step] = []
     if extend is None:
@@ -121,6 +153,7 @@ def calibrate(
     _run_steps(steps, cal.model_ops, progress, total)
     _fit(cal, peak_tflops, timed_models=bool(models))
     _probe(cal, probes, pipeline, progress, len(steps), total)
+    _fit_in_model(cal)
     if progress is not None:
         progress("done", total, total)
     return cal.profile()
@@ -149,6 +182,7 @@ class _Calibration:
     measurements: dict = field(default_factory=dict)
     overhead: dict = field(default_factory=dict)
     families: dict = field(default_factory=dict)
+    in_model: InModelFit | None = None
 
     def profile(self) -> Profile:
         """The profile of what is fitted so far (the operators as they stand)."""
@@ -158,6 +192,7 @@ class _Calibration:
             ops=self.model_ops.ops,
             optimizer=self.optimizer,
             families=self.families,
+            in_model=self.in_model,
             models=self.model_ops.reports,
             overhead=self.overhead,
             fit=self.fit,
@@ -319,17 +354,43 @@ def _probe(
         _refit_link(cal)
 
 
+def _fit_in_model(cal: _Calibration) -> None:
+    """Each model calibrated now priced as if never calibrated (family laws, roofline), then
+    the in-model cost over every model the profile holds (`runners.calibrate.in_model`)."""
+    from runners.calibrate.in_model import alone_seconds, fit_in_model
+
+    if not cal.model_ops.runs:
+        cal.in_model = cal.extend.in_model if cal.extend is not None else None
+        return
+    bare = cal.profile()
+    for req, mg, _ in cal.model_ops.runs:
+        report = cal.model_ops.reports.get(model_key(req))
+        if report is not None:
+            report["alone_forward_s"], report["alone_backward_s"] = alone_seconds(mg, bare)
+    cal.in_model = fit_in_model(cal.model_ops.reports)
+
+
 def _refit_link(cal: _Calibration) -> None:
     """The link's send blocking and latency fitted to every probe the profile holds (an
-    --extend keeps the earlier models' ones); the ping-pong's latency is kept in the fit."""
+    --extend keeps the earlier models' ones)."""
+    cal.link, cal.fit["link"] = refit_link(cal.link, cal.fit.get("link", {}), cal.model_ops.reports)
+
+
+def refit_link(
+    link: ProfileLink, link_fit: dict, reports: dict[str, dict]
+) -> tuple[ProfileLink, dict]:
+    """`link` with its send blocking and latency fitted to the probes of `reports`
+    (`Profile.models`), and its fit record; the ping-pong's latency is kept in the fit."""
     records = [
         r["pipeline"]["replay"]
-        for r in cal.model_ops.reports.values()
+        for r in reports.values()
         if isinstance(r.get("pipeline"), dict) and "replay" in r["pipeline"]
     ]
-    link_fit = dict(cal.fit.get("link", {}))
-    quiet = cal.link.model_copy(
-        update={"latency_us": link_fit.get("ping_pong_latency_us", cal.link.latency_us)}
+    link_fit = dict(link_fit)
+    if not records:
+        return link, link_fit
+    quiet = link.model_copy(
+        update={"latency_us": link_fit.get("ping_pong_latency_us", link.latency_us)}
     )
     sends = fit_send_blocking(records)
     if sends is not None:  # the runner's own sends, stalls included, beat the ping-pong's
@@ -341,8 +402,8 @@ def _refit_link(cal: _Calibration) -> None:
             }
         )
     latency_s, report = fit_pipeline_latency(records, quiet)
-    cal.link = quiet.model_copy(update={"latency_us": latency_s * 1e6})
-    cal.fit["link"] = link_fit | {"ping_pong_latency_us": quiet.latency_us, "pipeline": report}
+    fitted = quiet.model_copy(update={"latency_us": latency_s * 1e6})
+    return fitted, link_fit | {"ping_pong_latency_us": quiet.latency_us, "pipeline": report}
 
 
 def profile_summary(profile: Profile) -> list[tuple[str, str]]:
@@ -378,6 +439,22 @@ def profile_summary(profile: Profile) -> list[tuple[str, str]]:
         rows.append(
             ("Adam step", f"{fit.per_tensor_us:.3g} us/tensor + {fit.per_param_ns:.3g} ns/param")
         )
+    fit = profile.in_model
+    if fit is not None:
+        rows.append(
+            (
+                f"in-model cost ({fit.source})",
+                f"{fit.forward_node_us:.3g} us forward, {fit.backward_node_us:.3g} us backward "
+                f"per operator (median of {len(fit.models)} model{'s' * (len(fit.models) != 1)})",
+            )
+        )
+        if fit.held_out_error:
+            errors = ", ".join(
+                f"{key.split()[0].removesuffix('.onnx')} {err:.0%}"
+                for key, err in fit.held_out_error.items()
+            )
+            mean = sum(fit.held_out_error.values()) / len(fit.held_out_error)
+            rows.append(("held-out model error", f"{errors} (mean {mean:.0%})"))
     if profile.families:
         held = sorted(profile.families.items(), key=lambda kv: kv[0])
         rows.append(

@@ -78,6 +78,14 @@ def calibrate(
     no_families: Annotated[
         bool, typer.Option("--no-families", help="Skip the per-family operator sweeps.")
     ] = False,
+    no_networks: Annotated[
+        bool,
+        typer.Option(
+            "--no-networks",
+            help="Skip the calibrator's own networks (no in-model cost for operators "
+            "priced by a family law or the roofline).",
+        ),
+    ] = False,
     no_context: Annotated[
         bool,
         typer.Option(
@@ -124,6 +132,7 @@ def calibrate(
             progress=lambda what, done, total: update(done, total, what),
             note=note,
             families=not no_families,
+            networks=not no_networks,
         )
     save_profile(profile, out, header=_header(profile, quick))
     for failure in profile.fit.get("op_failures", []):
