@@ -30,6 +30,7 @@ Prints one JSON object (and writes it to OUT/fidelity.json).
 
     python bench/fidelity.py [--runs 3] [--steps 12] [--ab-runs 5] [--out DIR]
                              [--profile PROFILE.yaml]   # reuse a calibration
+    python bench/fidelity.py --held-out [--base B.yaml --extensions DIR]  # bench/held_out.py
 """
 
 from __future__ import annotations
@@ -204,6 +205,62 @@ def split_of(plan: dict) -> list[tuple[str, str]]:
     return [(s["layers"][0], s["layers"][-1]) for s in plan["stages"]]
 
 
+def ilp_vs_params(args, out: Path, profile: Path, cluster: Path, plans: dict) -> dict:
+    """Of the samples whose `ilp` and `params` splits differ on `cluster`, the one with the
+    largest predicted gain (if none differ: a cluster whose second device has little
+    memory), both bundles measured `--ab-runs` times, alternating; median throughput."""
+    ab: dict = {"cluster": str(cluster.name)}
+    candidates = []
+    for name in args.samples:
+        alt = plan_and_export(name, cluster, out, strategy="params")
+        ilp = plans[name]
+        if split_of(alt["plan"]) == split_of(ilp["plan"]):
+            ab.setdefault("same_split", []).append(name)
+            continue
+        gain = (
+            ilp["plan"]["predicted"]["throughput_samples_per_s"]
+            / alt["plan"]["predicted"]["throughput_samples_per_s"]
+        )
+        ab.setdefault("predicted_gain", {})[name] = round(gain, 3)
+        candidates.append((gain, name, ilp, alt))
+    chosen = max(candidates, key=lambda c: c[0])[1:] if candidates else None
+    if chosen is None:  # make the devices differ: the second one with little memory
+        small = write_cluster(
+            out / "cpu2_small.yaml", profile, {"memory_GB": 0.05, "name": "CPU small memory"}
+        )
+        ab["cluster"] = small.name
+        for name in args.samples:
+            ilp = plan_and_export(name, small, out, strategy="ilp")
+            alt = plan_and_export(name, small, out, strategy="params")
+            if split_of(alt["plan"]) != split_of(ilp["plan"]):
+                chosen = (name, ilp, alt)
+                break
+    if chosen is not None and args.ab_runs > 0:
+        name, ilp, alt = chosen
+        measured: dict[str, list[dict]] = {"ilp": [], "params": []}
+        for r in range(args.ab_runs):
+            for strategy, p in (("ilp", ilp), ("params", alt)):
+                measured[strategy].append(
+                    run_once(p["bundle"], args.steps, out, f"ab_{name}_{strategy}{r}")
+                )
+        med = {k: statistics.median(x["throughput"] for x in v) for k, v in measured.items()}
+        ab |= {
+            "sample": name,
+            "splits": {"ilp": split_of(ilp["plan"]), "params": split_of(alt["plan"])},
+            "predicted_samples_per_s": {
+                "ilp": round(ilp["plan"]["predicted"]["throughput_samples_per_s"], 1),
+                "params": round(alt["plan"]["predicted"]["throughput_samples_per_s"], 1),
+            },
+            "measured_samples_per_s_runs": {
+                k: [round(x["throughput"], 1) for x in v] for k, v in measured.items()
+            },
+            "measured_samples_per_s_median": {k: round(v, 1) for k, v in med.items()},
+            "measured_ilp_over_params": round(med["ilp"] / med["params"], 3),
+        }
+
+    return ab
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -218,9 +275,21 @@ def main() -> None:
         help="calibrate with `--pipeline N` (a probe run per model; 0: operators only)",
     )
     parser.add_argument("--out", help="keep plans, bundles, reports and the profile here")
+    parser.add_argument(
+        "--held-out",
+        action="store_true",
+        help="predict each sample from calibrations without it (bench/held_out.py)",
+    )
+    parser.add_argument("--base", help="--held-out: reuse this base calibration")
+    parser.add_argument(
+        "--extensions", help="--held-out: reuse DIR/ext_<sample>.yaml (each --extend of --base)"
+    )
     args = parser.parse_args()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pipeplan-fidelity-"))
     out.mkdir(parents=True, exist_ok=True)
+    if args.held_out:
+        held_out_main(args, out)
+        return
 
     profile = out / "cpu_profile.yaml"
     calibrate_s = None
@@ -286,56 +355,7 @@ def main() -> None:
         s["alone_ape_percent"] for v in models.values() for s in v["stages"]
     )
 
-    # ilp against params: of the samples whose splits differ on this cluster, the one with
-    # the largest predicted gain of ilp over params
-    ab: dict = {"cluster": str(cluster.name)}
-    candidates = []
-    for name in args.samples:
-        alt = plan_and_export(name, cluster, out, strategy="params")
-        ilp = plans[name]
-        if split_of(alt["plan"]) == split_of(ilp["plan"]):
-            ab.setdefault("same_split", []).append(name)
-            continue
-        gain = (
-            ilp["plan"]["predicted"]["throughput_samples_per_s"]
-            / alt["plan"]["predicted"]["throughput_samples_per_s"]
-        )
-        ab.setdefault("predicted_gain", {})[name] = round(gain, 3)
-        candidates.append((gain, name, ilp, alt))
-    chosen = max(candidates, key=lambda c: c[0])[1:] if candidates else None
-    if chosen is None:  # make the devices differ: the second one with little memory
-        small = write_cluster(
-            out / "cpu2_small.yaml", profile, {"memory_GB": 0.05, "name": "CPU small memory"}
-        )
-        ab["cluster"] = small.name
-        for name in args.samples:
-            ilp = plan_and_export(name, small, out, strategy="ilp")
-            alt = plan_and_export(name, small, out, strategy="params")
-            if split_of(alt["plan"]) != split_of(ilp["plan"]):
-                chosen = (name, ilp, alt)
-                break
-    if chosen is not None and args.ab_runs > 0:
-        name, ilp, alt = chosen
-        measured: dict[str, list[dict]] = {"ilp": [], "params": []}
-        for r in range(args.ab_runs):
-            for strategy, p in (("ilp", ilp), ("params", alt)):
-                measured[strategy].append(
-                    run_once(p["bundle"], args.steps, out, f"ab_{name}_{strategy}{r}")
-                )
-        med = {k: statistics.median(x["throughput"] for x in v) for k, v in measured.items()}
-        ab |= {
-            "sample": name,
-            "splits": {"ilp": split_of(ilp["plan"]), "params": split_of(alt["plan"])},
-            "predicted_samples_per_s": {
-                "ilp": round(ilp["plan"]["predicted"]["throughput_samples_per_s"], 1),
-                "params": round(alt["plan"]["predicted"]["throughput_samples_per_s"], 1),
-            },
-            "measured_samples_per_s_runs": {
-                k: [round(x["throughput"], 1) for x in v] for k, v in measured.items()
-            },
-            "measured_samples_per_s_median": {k: round(v, 1) for k, v in med.items()},
-            "measured_ilp_over_params": round(med["ilp"] / med["params"], 3),
-        }
+    ab = ilp_vs_params(args, out, profile, cluster, plans)
 
     prof = json.loads(json.dumps(__import__("yaml").safe_load(profile.read_text())))
     result = {
@@ -370,6 +390,23 @@ def main() -> None:
     }
     text = json.dumps(result, indent=2)
     (out / "fidelity.json").write_text(text + "\n")
+    print(text)
+
+
+def held_out_main(args, out: Path) -> None:
+    """`--held-out` (bench/held_out.py), then `ilp` against `params` on the profile without
+    any sample (the held-out planner's choices, measured)."""
+    import held_out
+
+    result = held_out.held_out(sys.modules[__name__], args, out)
+    profile = Path(result["base"])
+    cluster = write_cluster(out / "cpu2_microbench.yaml", profile)
+    plans = {name: plan_and_export(name, cluster, out) for name in args.samples}
+    result["ilp_vs_params"] = ilp_vs_params(args, out, profile, cluster, plans)
+    result["machine"] = f"{os.cpu_count()}-core VM, OMP_NUM_THREADS=1 per process"
+    result["out"] = str(out)
+    text = json.dumps(result, indent=2)
+    (out / "held_out.json").write_text(text + "\n")
     print(text)
 
 
