@@ -120,6 +120,10 @@ class DeviceSpec(BaseModel):
     #: First 16 hex digits of the profile file's SHA-256 when the figures were read: part
     #: of the spec, so cached plans (`planner.whatif.cache`) never outlive a re-calibration.
     profile_sha256: str | None = None
+    #: onnxruntime execution providers for this device's stages under `run --engine
+    #: onnxruntime`, in order of preference (`CUDA`, `TensorRT`, `OpenVINO`, ... or full
+    #: names); empty: CPU. Planning ignores it (`runners.ort.providers`).
+    providers: tuple[str, ...] = ()
 
     @field_validator("peak_tflops")
     @classmethod

@@ -85,7 +85,7 @@ def run(
     *,
     nproc: int | None = None,
     steps: int = 5,
-    mode: str = "train",
+    mode: str | None = None,
     backend: str = "gloo",
     check: bool = False,
     seed: int = 0,
@@ -94,11 +94,30 @@ def run(
     report: str | None = None,
     trace: str | None = None,
     timeout_s: float = 600.0,
+    engine: str = "torch",
+    providers: list[str] | None = None,
+    stream: int | None = None,
+    in_flight: int | None = None,
 ) -> RunReport:
-    """Run `bundle` on `nproc` local processes; return measurements (and checks)."""
+    """Run `bundle` on `nproc` local processes; return measurements (and checks).
+
+    `engine="onnxruntime"` (inference only) serves `stream` requests through the stage
+    files in onnxruntime sessions (`runners.ort`), `in_flight` at once (default: one per
+    stage), with `providers` for every stage (default: each device's, else CPU)."""
     check_output_file(report, "report")
     check_output_file(trace, "trace")
     root, manifest = load_bundle(bundle)
+    if engine not in ("torch", "onnxruntime"):
+        raise PipeplanError(f"--engine must be torch or onnxruntime (got {engine})")
+    mode = mode or ("infer" if engine == "onnxruntime" else "train")
+    if engine == "onnxruntime":
+        return _run_onnxruntime(
+            root, manifest, nproc=nproc, mode=mode, backend=backend, check=check, seed=seed,
+            data=data, report=report, trace=trace, timeout_s=timeout_s, providers=providers,
+            stream=stream, in_flight=in_flight,
+        )  # fmt: skip
+    if stream is not None or in_flight is not None or providers:
+        raise PipeplanError("--stream, --in-flight and --providers need --engine onnxruntime")
     world = manifest.world_size
     if nproc is not None and nproc != world:
         layout = (
@@ -166,37 +185,23 @@ def _launch(
     timeout_s,
     dump_grads,
 ) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes",
-        "1",
-        "--nproc-per-node",
-        str(nproc),
-        "--max-restarts",
-        "0",
-        "-m",
-        "runners.worker",
-        str(root),
-        "--out",
-        str(out),
-        "--steps",
-        str(steps),
-        "--mode",
-        mode,
-        "--backend",
-        backend,
-        "--seed",
-        str(seed),
-    ]
+    args = ["--steps", str(steps), "--mode", mode, "--backend", backend, "--seed", str(seed)]
     if lr is not None:
-        cmd += ["--lr", str(lr)]
+        args += ["--lr", str(lr)]
     if data:
-        cmd += ["--data", str(data)]
+        args += ["--data", str(data)]
     if dump_grads:
-        cmd += ["--dump-grads"]
+        args += ["--dump-grads"]
+    _torchrun("runners.worker", root, nproc, out, args, timeout_s)
+
+
+def _torchrun(module: str, root: Path, nproc: int, out: Path, args: list[str], timeout_s) -> None:
+    """`torchrun` one process per rank of `module` on this machine; a failure as one line."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+        "--nproc-per-node", str(nproc), "--max-restarts", "0",
+        "-m", module, str(root), "--out", str(out), *args,
+    ]  # fmt: skip
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONPATH"] = os.pathsep.join(
@@ -326,3 +331,119 @@ def _predicted_ms(root: Path, mode: str) -> float:
     if mode == "infer" and plan.config.training and plan.schedule is not None:
         return replay(plan, inference=True).iteration_s * 1e3
     return plan.predicted.iteration_ms
+
+
+def _run_onnxruntime(
+    root: Path,
+    manifest: Manifest,
+    *,
+    nproc,
+    mode,
+    backend,
+    check,
+    seed,
+    data,
+    report,
+    trace,
+    timeout_s,
+    providers,
+    stream,
+    in_flight,
+) -> RunReport:
+    """`run(..., engine="onnxruntime")`: checks first (mode, layout, providers, kernels),
+    then torchrun `runners.ort.worker` and the serving report."""
+    from runners.ort.providers import check_available, check_kernels, stage_providers
+    from runners.ort.serving import serving_figures, serving_report
+
+    if mode != "infer":
+        raise PipeplanError("--engine onnxruntime runs inference only: use --mode infer")
+    if manifest.weights != "present":
+        raise PipeplanError(
+            f"bundle {root} comes from a model without weights: onnxruntime runs the stage "
+            "files as they are (export from a model with its weights, or use --engine torch)"
+        )
+    world = manifest.world_size
+    if nproc is not None and nproc != world:
+        raise PipeplanError(f"the plan runs {world} ranks; --nproc {nproc} does not match")
+    requests = 32 if stream is None else stream
+    if requests < 1:
+        raise PipeplanError(f"--stream must be at least 1 (got {requests})")
+    stages = len(manifest.stages)
+    window = stages if in_flight is None else in_flight
+    if window < 1:
+        raise PipeplanError(f"--in-flight must be at least 1 (got {window})")
+    per_stage = stage_providers(manifest, providers)
+    check_available(per_stage, manifest)
+    check_kernels(root, manifest, per_stage)  # before any process starts
+    if check:
+        manifest.source_model(root)
+    warmup = max(2, stages)
+    out = Path(tempfile.mkdtemp(prefix="pipeplan-serve-"))
+    try:
+        args = [
+            "--requests", str(requests), "--warmup", str(warmup), "--in-flight", str(window),
+            "--backend", backend, "--seed", str(seed),
+        ]  # fmt: skip
+        if providers:
+            args += ["--providers", *providers]
+        if data:
+            args += ["--data", str(data)]
+        if check:
+            args += ["--keep-outputs"]
+        _torchrun("runners.ort.worker", root, world, out, args, timeout_s)
+        results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+        plan = _plan_of(root)
+        serving = serving_report(manifest, results, plan, in_flight=window, providers=per_stage)
+        latencies, throughput, timings = serving_figures(manifest, results)
+        result = RunReport(
+            bundle=str(root),
+            engine="onnxruntime",
+            mode=mode,
+            backend=backend,
+            world_size=world,
+            data_parallel=manifest.data_parallel,
+            tensor_parallel=manifest.tensor_parallel,
+            zero=manifest.zero,
+            schedule=manifest.schedule.kind,
+            microbatches=requests,
+            microbatch_size=manifest.microbatch_size,
+            steps=requests,
+            measured=Measured(
+                iteration_ms=serving.latency.p50_ms,
+                throughput_samples_per_s=throughput,
+                per_stage=timings,
+                step_ms=latencies,
+            ),
+            predicted_iteration_ms=serving.predicted_latency_ms,
+            measured_over_predicted=serving.latency_measured_over_predicted,
+            serving=serving,
+        )
+        if check:
+            from runners.reference import check_outputs
+
+            result.check = check_outputs(
+                root, manifest, out, seed=seed, data=data, requests=range(warmup + requests)
+            )
+        if trace:
+            from runners.trace import merged_trace
+
+            t0 = min(e[3] for r in results for e in r["events"])
+            shifted = [
+                {**r, "events": [(o, s, m, a - t0, b - t0) for o, s, m, a, b in r["events"]]}
+                for r in results
+            ]
+            write_text_atomic(trace, json.dumps(merged_trace(root, manifest, shifted)))
+        if report:
+            write_text_atomic(report, result.model_dump_json(indent=2))
+        return result
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _plan_of(root: Path):
+    plan_file = root / "plan.json"
+    if not plan_file.exists():
+        return None
+    from planner.plan_file import load_plan
+
+    return load_plan(plan_file)

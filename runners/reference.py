@@ -76,13 +76,22 @@ def _ort_reference(root: Path, manifest: Manifest) -> Callable[[dict], dict[str,
 
 
 def check_outputs(
-    root: Path, manifest: Manifest, folder: Path, *, seed: int, data: str | None
+    root: Path,
+    manifest: Manifest,
+    folder: Path,
+    *,
+    seed: int,
+    data: str | None,
+    requests: range | None = None,
 ) -> CheckResult:
+    """The run's outputs of every micro-batch of a step (or of every streamed request,
+    `requests`: request r is micro-batch r of step 0) against onnxruntime."""
     reference = _ort_reference(root, manifest)  # a missing source model fails here
     got = _load_npz(folder, "outputs")
     source = DataSource(manifest, root, seed=seed, npz=data)
+    batches = requests if requests is not None else range(source.per_step)
     worst_abs = worst_rel = 0.0
-    for mb in range(source.per_step):
+    for mb in batches:
         feeds = {k: v.numpy() for k, v in source.inputs(0, mb).items()}
         ref = reference(feeds)
         for o in manifest.graph_outputs:
@@ -97,7 +106,8 @@ def check_outputs(
         max_rel_diff=worst_rel,
         tolerance=OUTPUT_TOLERANCE,
         passed=passed,
-        detail=f"{source.per_step} micro-batches vs onnxruntime on "
+        detail=f"{len(batches)} {'requests' if requests is not None else 'micro-batches'}"
+        " vs onnxruntime on "
         + (
             "the source model"
             if manifest.weights == "present"

@@ -37,8 +37,41 @@ class CheckResult(BaseModel):
     detail: str = ""
 
 
+class Latency(BaseModel):
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    max_ms: float
+
+
+class Serving(BaseModel):
+    """A streamed inference run (`--engine onnxruntime`): per-request latency and
+    throughput, next to the plan's predictions (`runners.ort.serving`)."""
+
+    requests: int = Field(description="requests measured (after the warm-up ones)")
+    warmup: int
+    in_flight: int = Field(description="requests in each pipeline at once")
+    providers: dict[str, list[str]] = Field(description="stage -> its session's providers")
+    latency: Latency = Field(description="first stage's start to last stage's end of each request")
+    throughput_samples_per_s: float = Field(
+        description="samples completed per second over the measured requests"
+    )
+    requests_per_s: float
+    predicted_latency_ms: float = Field(
+        description="the plan: its stages' forward times and forward transfers, summed"
+    )
+    predicted_throughput_samples_per_s: float = Field(
+        description="the plan: micro-batch size x replicas / its slowest stage or link"
+    )
+    latency_measured_over_predicted: float = Field(description="p50 latency / predicted")
+    throughput_measured_over_predicted: float
+
+
 class RunReport(BaseModel):
     bundle: str
+    engine: str = Field("torch", description="torch (the converted graphs) or onnxruntime")
     mode: str
     backend: str
     world_size: int
@@ -54,3 +87,4 @@ class RunReport(BaseModel):
     predicted_iteration_ms: float
     measured_over_predicted: float
     check: CheckResult | None = None
+    serving: Serving | None = Field(None, description="--engine onnxruntime: the stream")

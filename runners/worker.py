@@ -502,21 +502,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    return guarded_rank(args, run_rank)
+
+
+def guarded_rank(args: argparse.Namespace, body) -> int:
+    """Join the process group, run `body(args)` and write its result as `rank<r>.json`;
+    on any failure write one line to `errors/rank<r>.txt` (the launcher's error) and exit
+    non-zero at once (torchrun then stops the other ranks)."""
     out = Path(args.out)
     (out / "errors").mkdir(parents=True, exist_ok=True)
     rank = int(os.environ.get("RANK", "0"))
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     try:
         dist.init_process_group(args.backend, timeout=datetime.timedelta(seconds=args.timeout_s))
-        result = run_rank(args)
+        result = body(args)
         (out / f"rank{rank}.json").write_text(json.dumps(result))
         dist.destroy_process_group()
         return 0
-    except (
-        BaseException
-    ) as exc:  # any failure: one line for the launcher, then exit non-zero at once
-        line = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".strip()
+    except BaseException as exc:  # any failure: one line for the launcher, then exit
+        text = str(exc).strip()
+        line = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".strip()
         (out / "errors" / f"rank{rank}.txt").write_text(line[:500] + "\n")
         (out / "errors" / f"rank{rank}.traceback").write_text(traceback.format_exc())
         sys.stderr.flush()

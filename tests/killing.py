@@ -12,18 +12,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _workers(bundle: Path) -> list[int]:
+def _workers(bundle: Path, module: str = "runners.worker") -> list[int]:
     out = subprocess.run(
-        ["pgrep", "-f", f"runners.worker {bundle}"], capture_output=True, text=True
+        ["pgrep", "-f", f"{module} {bundle}"], capture_output=True, text=True
     ).stdout
     return [int(x) for x in out.split()]
 
 
-def kill_one_rank_and_check(bundle: Path, ranks: int, start_s: float = 60) -> None:
+def kill_one_rank_and_check(
+    bundle: Path,
+    ranks: int,
+    start_s: float = 60,
+    args: tuple[str, ...] = ("--steps", "100000"),
+    module: str = "runners.worker",
+) -> None:
     """Start `pipeplan run BUNDLE` for ever, SIGKILL one of its `ranks` workers once all
     run, and assert: exit 1 within 60 s, one `error: rank ... killed by signal 9` line,
     no worker left."""
-    cmd = [sys.executable, "-m", "runners.cli", "run", str(bundle), "--steps", "100000"]
+    cmd = [sys.executable, "-m", "runners.cli", "run", str(bundle), *args]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
     )
@@ -31,7 +37,7 @@ def kill_one_rank_and_check(bundle: Path, ranks: int, start_s: float = 60) -> No
         workers: list[int] = []
         deadline = time.monotonic() + start_s
         while len(workers) < ranks and time.monotonic() < deadline:
-            workers = _workers(bundle)
+            workers = _workers(bundle, module)
             time.sleep(0.5)
         assert len(workers) >= ranks, "workers did not start"
         time.sleep(3)
@@ -47,4 +53,4 @@ def kill_one_rank_and_check(bundle: Path, ranks: int, start_s: float = 60) -> No
     assert (
         len(lines) == 1 and lines[0].startswith("error: rank") and "killed by signal 9" in lines[0]
     ), err
-    assert not _workers(bundle), "orphaned worker processes"
+    assert not _workers(bundle, module), "orphaned worker processes"

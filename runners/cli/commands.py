@@ -202,7 +202,10 @@ def run(
     steps: Annotated[
         int, typer.Option("--steps", help="Iterations to run (the first is warm-up).")
     ] = 5,
-    mode: Annotated[str, typer.Option("--mode", help="train or infer.")] = "train",
+    mode: Annotated[
+        str | None,
+        typer.Option("--mode", help="train or infer (default: train; infer with onnxruntime)."),
+    ] = None,
     backend: Annotated[str, typer.Option("--backend", help="gloo (CPU) or nccl (GPU).")] = "gloo",
     check: Annotated[
         bool,
@@ -226,6 +229,30 @@ def run(
         str | None,
         typer.Option("--data", help=".npz of arrays named after graph inputs (+ targets)."),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine", help="torch (converted graphs) or onnxruntime (the stage files, inference)."
+        ),
+    ] = "torch",
+    providers: Annotated[
+        str | None,
+        typer.Option(
+            "--providers",
+            help="onnxruntime: execution providers for every stage, e.g. CUDA,CPU "
+            "(default: each device's `providers:`, else CPU).",
+        ),
+    ] = None,
+    stream: Annotated[
+        int | None,
+        typer.Option("--stream", help="onnxruntime: requests to stream and measure (default 32)."),
+    ] = None,
+    in_flight: Annotated[
+        int | None,
+        typer.Option(
+            "--in-flight", help="onnxruntime: requests in the pipeline at once (default: stages)."
+        ),
+    ] = None,
 ) -> None:
     """Execute a bundle on local processes with torchrun (gloo or NCCL), measured against the plan."""
     check_output_file(report, "--report")
@@ -244,6 +271,10 @@ def run(
         data=data,
         report=report,
         trace=trace,
+        engine=engine,
+        providers=[p for p in providers.split(",") if p.strip()] if providers else None,
+        stream=stream,
+        in_flight=in_flight,
     )
     from runners.cli.render import print_run
 

@@ -293,6 +293,56 @@ def print_run(
     result, *, report: str | None = None, trace: str | None = None, console: Console | None = None
 ) -> None:
     console = console or wide_console()
+    if result.serving is not None:
+        _print_serving(result, console)
+    else:
+        _print_steps(result, console)
+    if result.check is not None:
+        c = result.check
+        console.print(
+            f"check {c.kind}: {'passed' if c.passed else 'FAILED'} (max abs {c.max_abs_diff:.2e}, "
+            f"max rel {c.max_rel_diff:.2e}, tolerance {c.tolerance:.0e}; {c.detail})"
+        )
+    for label, path in (("report", report), ("trace", trace)):
+        if path:
+            console.print(f"wrote {label} {path}")
+
+
+def _print_serving(result, console: Console) -> None:
+    """An onnxruntime stream: per-stage forward times, latency percentiles, throughput."""
+    s = result.serving
+    console.print(
+        f"[bold]serve[/] {result.bundle}: onnxruntime, {result.world_size} ranks "
+        f"({result.backend}), "
+        + (f"{result.data_parallel} replicas, " if result.data_parallel > 1 else "")
+        + f"{s.requests} requests of {result.microbatch_size} samples "
+        f"(+{s.warmup} warm-up), {s.in_flight} in flight per pipeline"
+    )
+    table = Table(header_style="bold")
+    for col in ("stage", "device", "rank", "providers", "fwd ms/request", "comm ms/request"):
+        table.add_column(col, justify="left" if col in ("device", "providers") else "right")
+    for st in result.measured.per_stage:
+        names = s.providers.get(str(st.stage), [])
+        table.add_row(
+            str(st.stage), st.device, str(st.rank),
+            ",".join(n.removesuffix("ExecutionProvider") for n in names),
+            f"{st.forward_ms:.3f}", f"{st.comm_ms:.3f}",
+        )  # fmt: skip
+    console.print(table)
+    lat = s.latency
+    console.print(
+        f"latency p50 {lat.p50_ms:.3f} ms, p99 {lat.p99_ms:.3f} ms (mean {lat.mean_ms:.3f}); "
+        f"predicted {s.predicted_latency_ms:.3f} ms; measured/predicted "
+        f"{s.latency_measured_over_predicted:.2f}"
+    )
+    console.print(
+        f"throughput {s.throughput_samples_per_s:,.1f} samples/s ({s.requests_per_s:,.1f} "
+        f"requests/s); predicted {s.predicted_throughput_samples_per_s:,.1f}; "
+        f"measured/predicted {s.throughput_measured_over_predicted:.2f}"
+    )
+
+
+def _print_steps(result, console: Console) -> None:
     m = result.measured
     console.print(
         f"[bold]{result.mode}[/] {result.bundle}: {result.world_size} ranks ({result.backend}), {result.schedule}, "
@@ -330,15 +380,6 @@ def print_run(
         console.print(
             f"loss: {result.losses[0]:.4f} -> {result.losses[-1]:.4f} over {len(result.losses)} steps"
         )
-    if result.check is not None:
-        c = result.check
-        console.print(
-            f"check {c.kind}: {'passed' if c.passed else 'FAILED'} (max abs {c.max_abs_diff:.2e}, "
-            f"max rel {c.max_rel_diff:.2e}, tolerance {c.tolerance:.0e}; {c.detail})"
-        )
-    for label, path in (("report", report), ("trace", trace)):
-        if path:
-            console.print(f"wrote {label} {path}")
 
 
 def print_profile(profile, path, console: Console | None = None) -> None:
