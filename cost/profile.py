@@ -182,6 +182,9 @@ class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     schema_version: int = PROFILE_SCHEMA_VERSION
+    #: what timed the operators: torch (the torch runner's converted graphs) or
+    #: onnxruntime (`run --engine onnxruntime`; `runners.calibrate.ort_ops`)
+    engine: str = "torch"
     device: ProfileDevice
     link: ProfileLink | None = None
     ops: dict[str, OpTiming] = Field(default_factory=dict)

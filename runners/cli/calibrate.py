@@ -93,6 +93,15 @@ def calibrate(
             help="Keep isolated operator times (no whole-model context correction).",
         ),
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="What times the models' operators: torch (the torch runner) or onnxruntime "
+            "(`run --engine onnxruntime`; forward only, on top of --extend or a fresh torch "
+            "calibration).",
+        ),
+    ] = "torch",
     note: Annotated[str, typer.Option("--note", help="Free text stored in the profile.")] = "",
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the profile as JSON instead of a summary.")
@@ -108,32 +117,60 @@ def calibrate(
     if model is None and (dim or batch is not None or input_shape):
         raise PipeplanError("shape options (--batch, --dim, --input-shape) need --model")
     shapes = bindings(dim, batch, input_shape)
-    from cost.profile import load_profile, save_profile
+    from cost.profile import load_profile
 
     base = load_profile(extend) if extend else None
     from runners.calibrate import ModelRequest
-    from runners.calibrate import calibrate as run_calibrate
 
     requests = [ModelRequest(m, shapes) for m in model or []]
+    options = dict(
+        quick=quick, threads=threads, peak_tflops=peak_tflops, link=not no_link,
+        context=not no_context, concurrency=concurrency, pipeline=pipeline, note=note,
+        families=not no_families, networks=not no_networks,
+    )  # fmt: skip
+    profile = _measure(device, requests, base, engine, options)
+    _write(profile, out, quick=quick, json_out=json_out)
+
+
+def _measure(device: str, requests: list, base, engine: str, options: dict):
+    """The calibration: torch's (`runners.calibrate.calibrate`), and with `--engine
+    onnxruntime` the models' operators timed in onnxruntime on top of it (or of `base`)."""
+    from cost.errors import PipeplanError
+    from runners.calibrate import calibrate as run_calibrate
     from runners.cli.progress import ProgressBar
 
-    with ProgressBar("measuring", elapsed=True) as update:
-        profile = run_calibrate(
-            device,
-            requests,
-            quick=quick,
-            threads=threads,
-            peak_tflops=peak_tflops,
-            link=not no_link,
-            context=not no_context,
-            concurrency=concurrency,
-            pipeline=pipeline,
-            extend=base,
-            progress=lambda what, done, total: update(done, total, what),
-            note=note,
-            families=not no_families,
-            networks=not no_networks,
+    if engine not in ("torch", "onnxruntime"):
+        raise PipeplanError(f"--engine must be torch or onnxruntime (got {engine})")
+    ort = engine == "onnxruntime"
+    if ort and (not requests or options["pipeline"] or device != "cpu"):
+        raise PipeplanError(
+            "--engine onnxruntime times the operators of --model on the CPU (no --pipeline)"
         )
+    with ProgressBar("measuring", elapsed=True) as update:
+        progress = lambda what, done, total: update(done, total, what)  # noqa: E731
+        if ort and base is not None:
+            profile = base
+        else:
+            profile = run_calibrate(
+                device, [] if ort else requests, extend=base, progress=progress, **options
+            )
+        if ort:
+            from runners.calibrate.ort_ops import onnxruntime_profile
+
+            profile = onnxruntime_profile(
+                profile,
+                requests,
+                repeats=5 if options["quick"] else 30,
+                threads=options["threads"],
+                progress=progress,
+            )
+    return profile
+
+
+def _write(profile, out: Path, *, quick: bool, json_out: bool) -> None:
+    """Save the profile (atomically), warn of operators not timed, print its summary."""
+    from cost.profile import save_profile
+
     save_profile(profile, out, header=_header(profile, quick))
     for failure in profile.fit.get("op_failures", []):
         print(f"warning: not timed (roofline used): {failure}", file=sys.stderr)
