@@ -58,7 +58,8 @@ def whole_session(model: Path, batch: int, threads: int, requests: int) -> dict:
 
     from planner.graph.load import load_graph
     from planner.graph.shapes import ShapeBindings
-    from runners.calibrate.ort_ops import bound_model, index_bounds, ort_session, random_feeds
+    from runners.calibrate.operators import index_bounds
+    from runners.calibrate.ort_ops import bound_model, ort_session, random_feeds
 
     mg = load_graph(model, ShapeBindings(batch=batch))
     session = ort_session(bound_model(str(model), mg), threads)

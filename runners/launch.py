@@ -299,12 +299,8 @@ def _report(
         mode=mode,
         backend=backend,
         world_size=len(results),
-        data_parallel=manifest.data_parallel,
-        tensor_parallel=manifest.tensor_parallel,
-        zero=manifest.zero,
-        schedule=manifest.schedule.kind,
         microbatches=m,
-        microbatch_size=manifest.microbatch_size,
+        **_layout(manifest),
         steps=steps,
         losses=losses,
         measured=Measured(
@@ -316,6 +312,17 @@ def _report(
         predicted_iteration_ms=predicted,
         measured_over_predicted=iteration / predicted if predicted > 0 else 0.0,
     )
+
+
+def _layout(manifest: Manifest) -> dict:
+    """The report's fields that describe the bundle's layout."""
+    return {
+        "data_parallel": manifest.data_parallel,
+        "tensor_parallel": manifest.tensor_parallel,
+        "zero": manifest.zero,
+        "schedule": manifest.schedule.kind,
+        "microbatch_size": manifest.microbatch_size,
+    }
 
 
 def _predicted_ms(root: Path, mode: str) -> float:
@@ -401,12 +408,8 @@ def _run_onnxruntime(
             mode=mode,
             backend=backend,
             world_size=world,
-            data_parallel=manifest.data_parallel,
-            tensor_parallel=manifest.tensor_parallel,
-            zero=manifest.zero,
-            schedule=manifest.schedule.kind,
             microbatches=requests,
-            microbatch_size=manifest.microbatch_size,
+            **_layout(manifest),
             steps=requests,
             measured=Measured(
                 iteration_ms=serving.latency.p50_ms,

@@ -214,10 +214,8 @@ class OpTimer:
         return fwd, bwd
 
 
-def whole_model_inputs(mg, names: list[str], device) -> list[torch.Tensor]:
-    """Sample graph inputs for a whole model: integer ids below the table they index."""
-    from runners.convert.weights import torch_dtype
-
+def index_bounds(mg) -> dict[str, int]:
+    """Graph inputs used as Gather indices -> the size of the table they index."""
     bounds: dict[str, int] = {}
     for _, data in mg.graph.nodes(data=True):
         if data["op_type"] == "Gather" and len(data["inputs"]) > 1:
@@ -225,6 +223,14 @@ def whole_model_inputs(mg, names: list[str], device) -> list[torch.Tensor]:
             if table is not None and table.shape:
                 ids = data["inputs"][1]
                 bounds[ids] = min(bounds.get(ids, table.shape[0]), table.shape[0])
+    return bounds
+
+
+def whole_model_inputs(mg, names: list[str], device) -> list[torch.Tensor]:
+    """Sample graph inputs for a whole model: integer ids below the table they index."""
+    from runners.convert.weights import torch_dtype
+
+    bounds = index_bounds(mg)
     out = []
     for name in names:
         info = mg.tensors[name]

@@ -92,17 +92,6 @@ def call_overhead(threads: int, repeats: int) -> float:
     return time_session(session, {"x": np.zeros(1, np.float32)}, repeats)
 
 
-def index_bounds(mg) -> dict[str, int]:
-    bounds: dict[str, int] = {}
-    for _, data in mg.graph.nodes(data=True):
-        if data["op_type"] == "Gather" and len(data["inputs"]) > 1:
-            table = mg.tensors.get(data["inputs"][0])
-            if table is not None and table.shape:
-                ids = data["inputs"][1]
-                bounds[ids] = min(bounds.get(ids, table.shape[0]), table.shape[0])
-    return bounds
-
-
 def bound_model(path: str, mg) -> bytes:
     """The model with its graph inputs' shapes bound as the plan binds them."""
     import onnx
@@ -186,7 +175,7 @@ def _time_model(req, mg, threads: int, repeats: int, overhead: float, rng):
     model's seconds: the median of three timings, before, amid and after its operators,
     since a shared machine's speed drifts). One session lives at a time: an idle
     session's spinning thread pool would steal the next one's cores."""
-    from runners.calibrate.operators import single_node_model
+    from runners.calibrate.operators import index_bounds, single_node_model
 
     bounds = index_bounds(mg)
     whole_model = bound_model(req.path, mg)
