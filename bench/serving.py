@@ -59,10 +59,11 @@ def whole_session(model: Path, batch: int, threads: int, requests: int) -> dict:
     from planner.graph.load import load_graph
     from planner.graph.shapes import ShapeBindings
     from runners.calibrate.operators import index_bounds
-    from runners.calibrate.ort_ops import bound_model, ort_session, random_feeds
+    from runners.calibrate.ort_ops import bound_model, random_feeds
+    from runners.ort.providers import inference_session
 
     mg = load_graph(model, ShapeBindings(batch=batch))
-    session = ort_session(bound_model(str(model), mg), threads)
+    session = inference_session(bound_model(str(model), mg), threads)
     feeds = random_feeds(session, index_bounds(mg), np.random.default_rng(0))
     for _ in range(3):
         session.run(None, feeds)

@@ -118,18 +118,7 @@ def run(
         )  # fmt: skip
     if stream is not None or in_flight is not None or providers:
         raise PipeplanError("--stream, --in-flight and --providers need --engine onnxruntime")
-    world = manifest.world_size
-    if nproc is not None and nproc != world:
-        layout = (
-            f"{manifest.data_parallel} replicas x {len(manifest.pipeline_devices)} devices"
-            if manifest.data_parallel > 1
-            else f"stages on {world // manifest.tensor_parallel} devices"
-        )
-        if manifest.tensor_parallel > 1:
-            layout += f" x tensor parallel {manifest.tensor_parallel}"
-        raise PipeplanError(
-            f"the plan runs {layout} ({world} ranks); --nproc {nproc} does not match"
-        )
+    world = _world(manifest, nproc)
     if steps < 1:
         raise PipeplanError(f"--steps must be at least 1 (got {steps})")
     if mode not in ("train", "infer"):
@@ -169,6 +158,23 @@ def run(
         return result
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def _world(manifest: Manifest, nproc: int | None) -> int:
+    """The plan's world size; a one-line error when `--nproc` asks for another."""
+    world = manifest.world_size
+    if nproc is not None and nproc != world:
+        layout = (
+            f"{manifest.data_parallel} replicas x {len(manifest.pipeline_devices)} devices"
+            if manifest.data_parallel > 1
+            else f"stages on {world // manifest.tensor_parallel} devices"
+        )
+        if manifest.tensor_parallel > 1:
+            layout += f" x tensor parallel {manifest.tensor_parallel}"
+        raise PipeplanError(
+            f"the plan runs {layout} ({world} ranks); --nproc {nproc} does not match"
+        )
+    return world
 
 
 def _launch(
@@ -328,13 +334,11 @@ def _layout(manifest: Manifest) -> dict:
 def _predicted_ms(root: Path, mode: str) -> float:
     """The plan's predicted iteration; for `--mode infer` on a training plan, the
     simulation of its schedule's forward part (what an inference run executes)."""
-    plan_file = root / "plan.json"
-    if not plan_file.exists():
+    plan = _plan_of(root)
+    if plan is None:
         return 0.0
-    from planner.plan_file import load_plan
     from planner.simulate.replay import replay
 
-    plan = load_plan(plan_file)
     if mode == "infer" and plan.config.training and plan.schedule is not None:
         return replay(plan, inference=True).iteration_s * 1e3
     return plan.predicted.iteration_ms
@@ -369,9 +373,7 @@ def _run_onnxruntime(
             f"bundle {root} comes from a model without weights: onnxruntime runs the stage "
             "files as they are (export from a model with its weights, or use --engine torch)"
         )
-    world = manifest.world_size
-    if nproc is not None and nproc != world:
-        raise PipeplanError(f"the plan runs {world} ranks; --nproc {nproc} does not match")
+    world = _world(manifest, nproc)
     requests = 32 if stream is None else stream
     if requests < 1:
         raise PipeplanError(f"--stream must be at least 1 (got {requests})")
@@ -399,9 +401,11 @@ def _run_onnxruntime(
             args += ["--keep-outputs"]
         _torchrun("runners.ort.worker", root, world, out, args, timeout_s)
         results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
-        plan = _plan_of(root)
-        serving = serving_report(manifest, results, plan, in_flight=window, providers=per_stage)
         latencies, throughput, timings = serving_figures(manifest, results)
+        serving = serving_report(
+            manifest, results[0]["warmup"], latencies, throughput, _plan_of(root),
+            in_flight=window, providers=per_stage,
+        )  # fmt: skip
         result = RunReport(
             bundle=str(root),
             engine="onnxruntime",
@@ -444,6 +448,7 @@ def _run_onnxruntime(
 
 
 def _plan_of(root: Path):
+    """The bundle's plan (`plan.json`), or None when it has none."""
     plan_file = root / "plan.json"
     if not plan_file.exists():
         return None

@@ -141,7 +141,7 @@ class Rank:
         self.program = [
             a
             for a in self.manifest.schedule.actions[self.device]
-            if self.training or _forward_action(a)
+            if self.training or forward_action(a)
         ]
         self.last_gradient_action = self._last_gradient_actions()
         self.pending_reductions: list = []
@@ -454,7 +454,7 @@ class Rank:
         }
 
 
-def _forward_action(a) -> bool:
+def forward_action(a) -> bool:
     return a.op == "F" or (a.op in ("SEND", "RECV") and a.direction == "fwd")
 
 

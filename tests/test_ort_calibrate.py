@@ -70,3 +70,13 @@ def test_cli_refuses_what_it_cannot_time(tmp_path):
     assert out.returncode != 0 and not (tmp_path / "p.yaml").exists()
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--engine onnxruntime times the operators of --model" in lines[0]
+
+
+def test_profiles_of_different_engines_do_not_merge(ort_profile):
+    from cost.errors import PipeplanError
+    from runners.calibrate.merge import merge_profiles
+
+    ort = load_profile(ort_profile)
+    torch_profile = ort.model_copy(update={"engine": "torch"})
+    with pytest.raises(PipeplanError, match="timed by onnxruntime into one timed by torch"):
+        merge_profiles(torch_profile, [ort])

@@ -25,6 +25,10 @@ def merge_profiles(base: Profile, extensions: Sequence[Profile]) -> Profile:
     `--extend` of the same device: its device figures must equal the base's)."""
     ops, models = dict(base.ops), dict(base.models)
     for ext in extensions:
+        if ext.engine != base.engine:
+            raise PipeplanError(
+                f"cannot merge a profile timed by {ext.engine} into one timed by {base.engine}"
+            )
         if ext.device != base.device:
             raise PipeplanError(
                 f"cannot merge a profile of another calibration ({ext.device.name}): "

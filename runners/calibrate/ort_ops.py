@@ -32,19 +32,9 @@ import numpy as np
 
 from cost.profile import InModelFit, OpTiming, Profile
 from runners.calibrate.model_ops import ModelRequest, model_key
+from runners.ort.providers import inference_session
 
 ENGINE = "onnxruntime"
-
-
-def ort_session(model_bytes: bytes, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
 def random_feeds(
@@ -88,7 +78,7 @@ def call_overhead(threads: int, repeats: int) -> float:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", [x], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    session = ort_session(model.SerializeToString(), threads)
+    session = inference_session(model.SerializeToString(), threads)
     return time_session(session, {"x": np.zeros(1, np.float32)}, repeats)
 
 
@@ -181,7 +171,7 @@ def _time_model(req, mg, threads: int, repeats: int, overhead: float, rng):
     whole_model = bound_model(req.path, mg)
 
     def whole_once() -> float:
-        session = ort_session(whole_model, threads)
+        session = inference_session(whole_model, threads)
         t = time_session(session, random_feeds(session, bounds, rng), repeats)
         del session
         return t
@@ -193,7 +183,7 @@ def _time_model(req, mg, threads: int, repeats: int, overhead: float, rng):
     for i, (name, data) in enumerate(nodes):
         sig = data["signature"]
         if sig not in isolated:
-            session = ort_session(single_node_model(mg, name).SerializeToString(), threads)
+            session = inference_session(single_node_model(mg, name).SerializeToString(), threads)
             t = time_session(session, random_feeds(session, bounds, rng), repeats)
             del session
             isolated[sig] = max(t - overhead, 0.0)

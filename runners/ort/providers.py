@@ -77,6 +77,19 @@ def provider_list(names: Iterable[str]) -> list[str]:
     return out
 
 
+def inference_session(model: str | bytes, threads: int, providers: Sequence[str] = (CPU,)):
+    """An `onnxruntime.InferenceSession` of `model` (a path or serialised bytes) as pipeplan
+    runs and times them: `threads` intra-op threads, sequential execution, quiet logs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=list(providers))
+
+
 def stage_providers(manifest, override: Sequence[str] | None = None) -> dict[int, list[str]]:
     """Stage index -> its session's providers (see the module docstring)."""
     out = {}

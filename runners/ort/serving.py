@@ -92,14 +92,21 @@ def serving_figures(
 
 
 def serving_report(
-    manifest: Manifest, results: list[dict], plan, *, in_flight: int, providers: dict
+    manifest: Manifest,
+    warmup: int,
+    latencies: list[float],
+    throughput: float,
+    plan,
+    *,
+    in_flight: int,
+    providers: dict,
 ) -> Serving:
-    latencies, throughput, _ = serving_figures(manifest, results)
+    """The stream's figures (`serving_figures`) next to the plan's (None: no prediction)."""
     stats = latency_stats(latencies)
     lat_pred, thr_pred = predicted_serving(plan) if plan is not None else (0.0, 0.0)
     return Serving(
         requests=len(latencies),
-        warmup=results[0]["warmup"],
+        warmup=warmup,
         in_flight=in_flight,
         providers={str(k): v for k, v in providers.items()},
         latency=stats,

@@ -40,7 +40,7 @@ import torch.distributed as dist
 
 from exporters.manifest import Manifest
 from runners.data import DataSource, torch_dtype
-from runners.worker import device_ranks, guarded_rank, message_tag
+from runners.worker import device_ranks, forward_action, guarded_rank, message_tag
 
 PING_ROUNDS = 8
 
@@ -83,15 +83,12 @@ class Request:
 
 class ServeRank:
     def __init__(self, args: argparse.Namespace):
-        import onnxruntime as ort
-
-        from runners.ort.providers import stage_providers
+        from runners.ort.providers import inference_session, stage_providers
 
         self.args = args
         self.bundle = Path(args.bundle)
         self.manifest = Manifest.model_validate_json((self.bundle / "manifest.json").read_text())
         self.rank = dist.get_rank()
-        self.world = dist.get_world_size()
         ranks = device_ranks(self.manifest)
         p = len(ranks)
         self.replicas = self.manifest.data_parallel
@@ -110,23 +107,16 @@ class ServeRank:
         )
         providers = stage_providers(self.manifest, args.providers)
         threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
-        self.sessions = {}
-        for st in self.manifest.stages:
-            if st.device != self.device:
-                continue
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3
-            self.sessions[st.index] = ort.InferenceSession(
-                str(self.bundle / st.file), options, providers=providers[st.index]
-            )
+        self.sessions = {
+            st.index: inference_session(str(self.bundle / st.file), threads, providers[st.index])
+            for st in self.manifest.stages
+            if st.device == self.device
+        }
         self.specs = {st.index: st for st in self.manifest.stages}
         self.program = [
             a
             for a in self.manifest.schedule.actions[self.device]
-            if a.microbatch == 0
-            and (a.op == "F" or (a.op in ("SEND", "RECV") and a.direction == "fwd"))
+            if a.microbatch == 0 and forward_action(a)
         ]
         self.shapes = {r.tensor: (r.shape, r.dtype) for r in self.manifest.routing.forward}
         total = args.warmup + args.requests
