@@ -98,22 +98,30 @@ def bound_model(path: str, mg) -> bytes:
     return model.SerializeToString()
 
 
+def load_models(requests: Sequence[ModelRequest]) -> list:
+    """(request, its `ModelGraph`) for each request: a bad model fails here, one line,
+    before anything is timed."""
+    from planner.graph.load import load_graph
+
+    return [(req, load_graph(req.path, req.bindings)) for req in requests]
+
+
 def time_model_ops(
     requests: Sequence[ModelRequest],
     *,
     threads: int,
     repeats: int,
     progress: Callable[[str, int, int], None] | None = None,
+    loaded: list | None = None,
 ) -> tuple[dict[str, OpTiming], InModelFit, float]:
-    """(ops by signature, the in-model cost per operator, the call overhead in seconds)."""
-    from planner.graph.load import load_graph
-
+    """(ops by signature, the in-model cost per operator, the call overhead in seconds);
+    `loaded`: the requests' graphs when `load_models` has loaded them already."""
+    loaded = load_models(requests) if loaded is None else loaded
     overhead = call_overhead(threads, repeats)
     rng = np.random.default_rng(0)
     ops: dict[str, OpTiming] = {}
     excess: dict[str, list[float]] = {}
     sums: dict[str, tuple[float, int, float]] = {}  # model -> (isolated sum, nodes, whole)
-    loaded = [(req, load_graph(req.path, req.bindings)) for req in requests]
     total = sum(mg.graph.number_of_nodes() for _, mg in loaded)
     done = 0
     for req, mg in loaded:
@@ -201,6 +209,7 @@ def onnxruntime_profile(
     repeats: int = 30,
     threads: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    loaded: list | None = None,
 ) -> Profile:
     """`base` (a torch calibration of this host) with onnxruntime's operator times and
     in-model cost instead of torch's (module docstring), timed with `threads` intra-op
@@ -209,7 +218,7 @@ def onnxruntime_profile(
 
     threads = threads or base.threads
     ops, fit, overhead = time_model_ops(
-        requests, threads=threads, repeats=repeats, progress=progress
+        requests, threads=threads, repeats=repeats, progress=progress, loaded=loaded
     )
     return base.model_copy(
         update={

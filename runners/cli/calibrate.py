@@ -146,6 +146,11 @@ def _measure(device: str, requests: list, base, engine: str, options: dict):
         raise PipeplanError(
             "--engine onnxruntime times the operators of --model on the CPU (no --pipeline)"
         )
+    loaded = None
+    if ort:  # the models first: a bad one fails before the torch calibration runs
+        from runners.calibrate.ort_ops import load_models
+
+        loaded = load_models(requests)
     with ProgressBar("measuring", elapsed=True) as update:
         progress = lambda what, done, total: update(done, total, what)  # noqa: E731
         if ort and base is not None:
@@ -163,6 +168,7 @@ def _measure(device: str, requests: list, base, engine: str, options: dict):
                 repeats=5 if options["quick"] else 30,
                 threads=options["threads"],
                 progress=progress,
+                loaded=loaded,
             )
     return profile
 
